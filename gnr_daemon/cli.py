@@ -1,0 +1,330 @@
+"""gnrdaemon: run and control a gnr_daemon.
+
+Usage:
+  gnrdaemon start [options]
+  gnrdaemon stop [--savestatus] [options]
+  gnrdaemon status [--json] [options]
+  gnrdaemon ping [options]
+  gnrdaemon sites [options]
+  gnrdaemon call [--site=NAME] [options] METHOD [ARG...]
+  gnrdaemon keygen [--file=PATH]
+  gnrdaemon -h | --help
+  gnrdaemon --version
+
+Commands:
+  start        Run the daemon in the foreground until SIGTERM, SIGINT or a stop call.
+  stop         Ask the daemon to stop (--savestatus saves register state first).
+  status       Print version, uptime, store, sites and connection figures.
+  ping         Check that the daemon answers.
+  sites        List the registered sites with their user, connection and page counts.
+  call         Call METHOD with ARGs; an ARG is a Python literal, or NAME=literal for a
+               keyword argument; a bare word such as c1 is taken as a string.
+  keygen       Print a new random 32-byte key in hex, or write it to --file with mode 0600.
+
+Options:
+  -H HOST, --host=HOST         Daemon host name or address (default localhost).
+  -P PORT, --port=PORT         Daemon TCP port (default 40404).
+  -S PATH, --socket=PATH       Unix socket path, used instead of TCP.
+  -K KEY, --hmac-key=KEY       Shared HMAC key. Visible in ps: prefer GNR_DAEMON_HMAC_KEY
+                               or --hmac-key-file.
+  --hmac-key-file=PATH         File that holds the shared HMAC key.
+  --store=URL                  State store URL (default memory:).
+  --state-dir=DIR              Directory of saved register state.
+  --bind=ADDRESS               Address to listen on when it differs from --host.
+  --max-frame-size=BYTES       Largest accepted frame payload in bytes (default 67108864).
+  --max-connections=N          Most client connections served at once (default 1000).
+  --call-timeout=SECONDS       Longest run time of one call on the daemon (default 30).
+  --handshake-timeout=SECONDS  Time a new connection has for its hello (default 10).
+  --read-timeout=SECONDS       Time a started frame has to arrive completely (default 30).
+  --idle-timeout=SECONDS       Time a connection may stay idle (default 600).
+  --drain-timeout=SECONDS      Time calls in flight get at shutdown (default 10).
+  --timeout=SECONDS            Client-side call timeout of this command (default 30).
+  --insecure                   Allow a non-loopback address without a key.
+  --log-level=LEVEL            DEBUG, INFO, WARNING or ERROR (default INFO).
+  --site=NAME                  With call: the site whose register runs METHOD.
+  --savestatus                 With stop: save register state before stopping.
+  --json                       With status: print JSON.
+  --file=PATH                  With keygen: write the key to PATH (mode 0600).
+  -h, --help                   Show this help.
+  --version                    Show the version.
+
+Each option also has an environment variable (GNR_DAEMON_HOST, GNR_DAEMON_PORT,
+GNR_DAEMON_HMAC_KEY, GNR_DAEMON_STORE, ...); an option given on the command
+line wins over the environment, which wins over Genropy's environment.xml.
+
+Exit status: 0 on success, 1 on failure, 2 on a usage error.
+
+Trust: this module trusts the operator who runs it and nothing it receives;
+it never prints the key.
+"""
+
+import ast
+import json
+import logging
+import os
+import secrets
+import sys
+import time
+
+from docopt import DocoptExit, docopt
+
+from . import __version__
+
+__all__ = ["main", "parse_call_argument"]
+
+log = logging.getLogger(__name__)
+
+# docopt option name -> setting name
+_OPTION_SETTINGS = {
+    "--host": "host",
+    "--port": "port",
+    "--socket": "socket",
+    "--hmac-key": "hmac_key",
+    "--hmac-key-file": "hmac_key_file",
+    "--store": "store",
+    "--state-dir": "state_dir",
+    "--bind": "bind",
+    "--max-frame-size": "max_frame_size",
+    "--max-connections": "max_connections",
+    "--call-timeout": "call_timeout",
+    "--handshake-timeout": "handshake_timeout",
+    "--read-timeout": "read_timeout",
+    "--idle-timeout": "idle_timeout",
+    "--drain-timeout": "drain_timeout",
+    "--timeout": "timeout",
+    "--insecure": "insecure",
+    "--log-level": "log_level",
+}
+
+_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class UsageError(Exception):
+    """The command line is invalid; exit status 2."""
+
+
+def _fail(message, status=1):
+    print(f"gnrdaemon: {message}", file=sys.stderr, flush=True)
+    return status
+
+
+def _overrides(arguments):
+    overrides = {}
+    for option, name in _OPTION_SETTINGS.items():
+        value = arguments.get(option)
+        if value is False:
+            value = None
+        overrides[name] = value
+    return overrides
+
+
+# Options whose value must never look like another option: docopt would take
+# "-K -P 40405" as the key "-P".
+_GUARDED_OPTIONS = ("-K", "--hmac-key", "--hmac-key-file")
+
+
+def _check_option_values(argv):
+    """Return a usage message when a guarded option is followed by an option, else None."""
+    for index, token in enumerate(argv):
+        if token in _GUARDED_OPTIONS:
+            following = argv[index + 1] if index + 1 < len(argv) else None
+            if following is None or (following.startswith("-") and following != "-"):
+                shown = "nothing" if following is None else repr(following)
+                return (f"{token} needs a value but is followed by {shown}: give the key "
+                        f"after {token} (or use GNR_DAEMON_HMAC_KEY / --hmac-key-file)")
+    return None
+
+
+def parse_call_argument(text):
+    """Turn one ``call`` argument into a value (a Python literal or a bare word)."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        pass
+    if any(char in text for char in "[](){}'\"") or not text:
+        raise UsageError(
+            f"invalid argument {text!r}: not a Python literal; quote strings that contain "
+            "brackets or quotes, for example \"'a[1]'\""
+        )
+    return text
+
+
+def _parse_call_arguments(raw_arguments):
+    args, kwargs = [], {}
+    for text in raw_arguments:
+        name, sep, value = text.partition("=")
+        if sep and name.isidentifier():
+            kwargs[name] = parse_call_argument(value)
+        elif kwargs:
+            raise UsageError(f"positional argument {text!r} after keyword arguments")
+        else:
+            args.append(parse_call_argument(text))
+    return args, kwargs
+
+
+def configure_logging(level):
+    """Send log lines to stderr, one line each, flushed as they are written."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(_LOG_FORMAT))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+def main(argv=None):
+    """Run the command line; return the exit status."""
+    argv = sys.argv[1:] if argv is None else argv
+    problem = _check_option_values(argv)
+    if problem:
+        return _fail(problem, 2)
+    try:
+        arguments = docopt(__doc__, argv=argv, version=f"gnrdaemon {__version__}")
+    except DocoptExit as exc:
+        print(str(exc), file=sys.stderr, flush=True)
+        return 2
+
+    if arguments["start"]:
+        # The daemon's sockets, locks and the Redis client must all be
+        # cooperative, so the patch comes before the server is imported.
+        from gevent import monkey
+
+        monkey.patch_all()
+        from ._start import run_daemon
+
+        return run_daemon(arguments, _overrides(arguments))
+    if arguments["keygen"]:
+        return _keygen(arguments["--file"])
+    return _run_client_command(arguments)
+
+
+def _keygen(path):
+    key = secrets.token_hex(32)
+    if path is None:
+        print(key)
+        return 0
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return _fail(f"{path} already exists: choose a new path or remove the old key file first")
+    except OSError as exc:
+        return _fail(f"cannot create key file {path}: {exc.strerror}")
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(key + "\n")
+    print(f"wrote a new 32-byte key to {path} (mode 0600)", file=sys.stderr)
+    return 0
+
+
+def _run_client_command(arguments):
+    from .client import DaemonClient
+    from .errors import AuthenticationError, ConfigurationError, GnrDaemonError
+
+    overrides = _overrides(arguments)
+    configure_logging(overrides.get("log_level") or "WARNING")
+    try:
+        client = DaemonClient(host=overrides["host"], port=overrides["port"],
+                              socket=overrides["socket"], hmac_key=overrides["hmac_key"],
+                              hmac_key_file=overrides["hmac_key_file"],
+                              timeout=overrides["timeout"])
+    except ConfigurationError as exc:
+        return _fail(str(exc), 2)
+
+    try:
+        with client:
+            return _client_command(client, arguments)
+    except UsageError as exc:
+        return _fail(str(exc), 2)
+    except AuthenticationError as exc:
+        return _fail(f"authentication failed: {exc}")
+    except GnrDaemonError as exc:
+        first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return _fail(f"{type(exc).__name__}: {first_line}")
+
+
+def _client_command(client, arguments):
+    if arguments["ping"]:
+        started = time.perf_counter()
+        answer = client.ping()
+        elapsed = (time.perf_counter() - started) * 1000
+        print(f"{answer} from {client.address_text} in {elapsed:.1f} ms")
+        return 0
+    if arguments["status"]:
+        status = client.status()
+        if arguments["--json"]:
+            print(json.dumps(status, default=str, indent=2, sort_keys=True))
+        else:
+            for name in sorted(status):
+                print(f"{name}: {status[name]}")
+        return 0
+    if arguments["sites"]:
+        for sitename, info in client.siteRegisters():
+            counters = client.site(sitename).counters()
+            print(f"{sitename}\tusers={counters.get('users')}\tconnections="
+                  f"{counters.get('connections')}\tpages={counters.get('pages')}")
+        return 0
+    if arguments["stop"]:
+        return _stop(client, bool(arguments["--savestatus"]))
+    if arguments["call"]:
+        args, kwargs = _parse_call_arguments(arguments["ARG"])
+        method = arguments["METHOD"]
+        if arguments["--site"]:
+            result = client.call_site(arguments["--site"], method, args, kwargs)
+        else:
+            result = client.call(method, *args, **kwargs)
+        _print_result(result)
+        return 0
+    raise UsageError("no command given")
+
+
+def _print_result(result):
+    import pprint
+
+    if isinstance(result, (str, int, float, bool)) or result is None:
+        print(result)
+    else:
+        pprint.pprint(result, width=100, sort_dicts=False)
+
+
+def _process_running(pid):
+    """Tell whether ``pid`` runs; a zombie waiting for its parent counts as gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            state = handle.read().rsplit(b")", 1)[1].split()[0]
+        return state != b"Z"
+    except FileNotFoundError:
+        return False
+    except OSError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _stop(client, save_status):
+    from .config import is_loopback_host
+    from .errors import DaemonUnavailable
+
+    pid = client.status().get("pid")
+    local = bool(client.socket_path) or is_loopback_host(client.host)
+    client.stop(saveStatus=save_status)
+    # Wait (bounded) until the daemon is gone, so that a script can start a
+    # new one right after this command returns. A local daemon is watched by
+    # its pid; a remote one until it stops answering.
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if local and pid:
+            if not _process_running(pid):
+                break
+        else:
+            try:
+                client.ping()
+            except DaemonUnavailable:
+                break
+        time.sleep(0.05)
+    else:
+        return _fail(f"daemon at {client.address_text} is still running 60 s after the stop request")
+    print(f"daemon at {client.address_text} stopped")
+    return 0

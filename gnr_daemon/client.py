@@ -1,0 +1,383 @@
+"""DaemonClient: the pooled, thread-safe and greenlet-safe client of gnr_daemon.
+
+Importing this module never monkey-patches. It uses the ``socket`` module as
+it finds it at call time: a web worker that runs under gevent's monkey patch
+gets cooperative sockets, a threaded worker gets plain blocking sockets.
+
+Safety rules of the pool:
+
+- a connection is checked out for exactly one call and returned in a
+  ``finally``; one that failed mid-call (timeout, broken pipe, bad reply) is
+  closed and never returned, so no late bytes can answer a later call;
+- every reply must carry the ``call_id`` of its request;
+- a call is sent again only when a pooled connection turned out to be closed
+  by the daemon before the request reached it (send failed); a call that
+  timed out or lost its connection after sending is never repeated, because
+  handlers are not idempotent;
+- connections belong to the OS thread that opened them (a gevent socket is
+  bound to its thread's hub), and the pool starts afresh after ``fork()``.
+"""
+
+import itertools
+import logging
+import os
+import socket
+import sys
+import threading
+from urllib.parse import urlsplit
+
+from .config import load_settings
+from .errors import (
+    CallTimeout,
+    ConfigurationError,
+    DaemonUnavailable,
+    ProtocolError,
+    rebuild_error,
+)
+from .protocol import KIND_REQUEST, KIND_RESPONSE, Channel, PeerClosed, encode_payload, is_timeout
+
+__all__ = ["DaemonClient", "SiteClient", "ConnectionPool", "parse_daemon_url"]
+
+log = logging.getLogger(__name__)
+
+#: Default number of idle connections a client keeps open.
+DEFAULT_POOL_SIZE = 10
+
+
+def _os_thread_id():
+    """Return the id of the OS thread, also when gevent has patched ``threading``."""
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is not None and monkey.is_module_patched("threading"):
+        return monkey.get_original("threading", "get_ident")()
+    return threading.get_ident()
+
+
+def parse_daemon_url(url):
+    """Parse ``gnrd://host:port`` or ``unix:///path``; return a dict of settings."""
+    parts = urlsplit(url)
+    if parts.scheme in ("unix", "gnrd+unix"):
+        if not parts.path:
+            raise ConfigurationError(f"invalid daemon URL {url!r}: a unix URL needs a path, "
+                                     "for example unix:///run/gnrdaemon/gnrd.sock")
+        return {"socket": parts.path}
+    if parts.scheme != "gnrd":
+        raise ConfigurationError(
+            f"invalid daemon URL {url!r}: the scheme must be gnrd:// (TCP) or unix:// (socket)"
+        )
+    try:
+        port = parts.port
+    except ValueError:
+        raise ConfigurationError(f"invalid daemon URL {url!r}: the port is not a number "
+                                 "from 0 to 65535") from None
+    if not parts.hostname:
+        raise ConfigurationError(f"invalid daemon URL {url!r}: the host is missing "
+                                 "(gnrd://HOST:PORT)")
+    settings = {"host": parts.hostname}
+    if port is not None:
+        settings["port"] = port
+    return settings
+
+
+class _PooledConnection:
+    """One socket to the daemon with its channel, owner thread and pid."""
+
+    __slots__ = ("channel", "thread_id", "pid", "reused")
+
+    def __init__(self, channel):
+        self.channel = channel
+        self.thread_id = _os_thread_id()
+        self.pid = os.getpid()
+        self.reused = False
+
+    def is_stale(self):
+        """Tell whether the daemon closed this idle connection or sent it data."""
+        sock = self.channel.sock
+        previous = sock.gettimeout()
+        try:
+            sock.settimeout(0.0)
+            data = sock.recv(1, socket.MSG_PEEK)
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:
+            return True
+        finally:
+            try:
+                sock.settimeout(previous)
+            except OSError:
+                pass
+        # Either the peer closed (data is b"") or it sent bytes nobody asked
+        # for, such as an idle-timeout error frame: either way it is unusable.
+        del data
+        return True
+
+    def close(self):
+        self.channel.close()
+
+
+class ConnectionPool:
+    """Idle connections per OS thread, guarded by a lock, reset after fork."""
+
+    def __init__(self, connect, max_idle):
+        self._connect = connect
+        self._max_idle = max_idle
+        self._lock = threading.Lock()
+        self._idle = []
+        self._pid = os.getpid()
+        self._closed = False
+
+    def __repr__(self):
+        return f"<ConnectionPool idle={len(self._idle)} max_idle={self._max_idle}>"
+
+    def _check_fork(self):
+        if self._pid != os.getpid():
+            # The parent's sockets must never be used by the child: two
+            # processes would interleave their frames on one stream.
+            with self._lock:
+                if self._pid != os.getpid():
+                    self._idle = []
+                    self._pid = os.getpid()
+
+    def get(self):
+        """Return an idle connection of this thread that is still open, or a new one."""
+        self._check_fork()
+        thread_id = _os_thread_id()
+        while True:
+            conn = None
+            with self._lock:
+                for index in range(len(self._idle) - 1, -1, -1):
+                    if self._idle[index].thread_id == thread_id:
+                        conn = self._idle.pop(index)
+                        break
+            if conn is None:
+                return self._connect()
+            if conn.is_stale():
+                conn.close()
+                continue
+            conn.reused = True
+            return conn
+
+    def release(self, conn):
+        """Return a healthy connection to the pool (or close it when full or closed)."""
+        if conn.pid != os.getpid():
+            return
+        with self._lock:
+            if not self._closed and len(self._idle) < self._max_idle:
+                self._idle.append(conn)
+                return
+        conn.close()
+
+    def close(self):
+        """Close idle connections; connections in use are closed when released."""
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+
+
+class DaemonClient:
+    """Client of one gnr_daemon.
+
+    Unset arguments are resolved like the daemon's settings:
+    ``GNR_DAEMON_*`` environment variables, then Genropy's ``environment.xml``,
+    then defaults (``localhost:40404``, no key, 30 s timeout). Any daemon
+    method is available as an attribute (``client.addSiteRegister(...)``);
+    ``client.site(name)`` returns a client for one site's register.
+    """
+
+    def __init__(self, host=None, port=None, socket=None, hmac_key=None, timeout=None,
+                 pool_size=None, hmac_key_file=None, connect_timeout=None,
+                 use_environment=True, use_config_file=True):
+        if isinstance(hmac_key, bytes):
+            hmac_key = hmac_key.decode("utf-8")
+        settings = load_settings(
+            {"host": host, "port": port, "socket": socket, "hmac_key": hmac_key,
+             "hmac_key_file": hmac_key_file, "timeout": timeout},
+            use_environment=use_environment, use_config_file=use_config_file,
+        )
+        self.host = settings.host.strip("[]")
+        self.port = settings.port
+        self.socket_path = settings.socket
+        self.timeout = settings.timeout
+        self.connect_timeout = connect_timeout or min(self.timeout, 10.0)
+        self._key = settings.key_bytes()
+        self.max_frame_size = settings.max_frame_size
+        self._ids = itertools.count(1)
+        self._pool = ConnectionPool(self._open_connection, pool_size or DEFAULT_POOL_SIZE)
+        self._closed = False
+
+    @classmethod
+    def from_url(cls, url, **kwargs):
+        """Build a client from ``gnrd://host:port`` or ``unix:///path`` plus keyword arguments."""
+        settings = parse_daemon_url(url)
+        settings.update(kwargs)
+        return cls(**settings)
+
+    @property
+    def address_text(self):
+        if self.socket_path:
+            return f"unix:{self.socket_path}"
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    def __repr__(self):
+        signed = "signed" if self._key else "unsigned"
+        state = "closed" if self._closed else "open"
+        return f"<DaemonClient {self.address_text} {signed} {state}>"
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+    def close(self):
+        """Close the pooled connections; later calls raise DaemonUnavailable."""
+        self._closed = True
+        self._pool.close()
+
+    # connections
+
+    def _open_connection(self):
+        try:
+            if self.socket_path:
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                sock.settimeout(self.connect_timeout)
+                sock.connect(self.socket_path)
+            else:
+                sock = socket.create_connection((self.host, self.port), timeout=self.connect_timeout)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError as exc:
+            reason = exc.strerror or str(exc) or type(exc).__name__
+            raise DaemonUnavailable(
+                f"cannot connect to gnr_daemon at {self.address_text}: {reason}; "
+                "is the daemon running (gnrdaemon start) on that address?"
+            ) from None
+        channel = Channel(sock, "client", key=self._key, max_frame_size=self.max_frame_size,
+                          peer=self.address_text)
+        try:
+            channel.client_handshake(self.timeout)
+        except ProtocolError:
+            channel.close()
+            raise
+        except OSError as exc:
+            channel.close()
+            if is_timeout(exc):
+                raise CallTimeout(f"gnr_daemon at {self.address_text} sent no hello within "
+                                  f"{self.timeout} s") from None
+            raise DaemonUnavailable(f"handshake with gnr_daemon at {self.address_text} failed: "
+                                    f"{exc}") from None
+        return _PooledConnection(channel)
+
+    # calls
+
+    def call(self, method, *args, **kwargs):
+        """Call a daemon-level method by name and return its result."""
+        return self._call(None, method, args, kwargs)
+
+    def call_site(self, sitename, method, args=(), kwargs=None):
+        """Call a method of the register of ``sitename``."""
+        return self._call(sitename, method, tuple(args), kwargs or {})
+
+    def site(self, sitename):
+        """Return a client whose attributes are the methods of one site's register."""
+        return SiteClient(self, sitename)
+
+    def ping(self):
+        """Return ``"pong"`` when the daemon answers."""
+        return self._call(None, "ping", (), {})
+
+    def __getattr__(self, name):
+        if name.startswith("_"):
+            raise AttributeError(name)
+
+        def remote_method(*args, **kwargs):
+            return self._call(None, name, args, kwargs)
+
+        remote_method.__name__ = name
+        return remote_method
+
+    def _call(self, site, method, args, kwargs):
+        if self._closed:
+            raise DaemonUnavailable(f"{self!r} is closed; create a new DaemonClient")
+        call_id = next(self._ids)
+        request = encode_payload((call_id, site, method, args, kwargs))
+
+        while True:
+            conn = self._pool.get()
+            try:
+                conn.channel.send_payload(KIND_REQUEST, request)
+            except OSError as exc:
+                conn.close()
+                if conn.reused:
+                    # The daemon closed this pooled socket while it was idle;
+                    # nothing reached it, so the request can go on a fresh one.
+                    log.debug("pooled connection to %s was closed (%s); reconnecting",
+                              self.address_text, exc)
+                    continue
+                raise DaemonUnavailable(
+                    f"sending {method} to gnr_daemon at {self.address_text} failed: {exc}"
+                ) from None
+            break
+
+        ok, value = self._receive_reply(conn, call_id, method)
+        if ok:
+            return value
+        if not (isinstance(value, tuple) and len(value) == 3):
+            raise ProtocolError(f"invalid error reply to {method}: {type(value).__name__}")
+        raise rebuild_error(*value)
+
+    def _receive_reply(self, conn, call_id, method):
+        """Read the reply of ``call_id``; release the connection only when it is clean."""
+        released = False
+        try:
+            kind, reply = conn.channel.receive(self.timeout, self.timeout)
+            if kind != KIND_RESPONSE or not (isinstance(reply, tuple) and len(reply) == 3):
+                raise ProtocolError(f"invalid reply to {method} from {self.address_text}")
+            reply_id, ok, value = reply
+            if reply_id != call_id:
+                raise ProtocolError(
+                    f"reply to call {reply_id!r} received while waiting for call {call_id} "
+                    f"({method}); the connection was discarded"
+                )
+            self._pool.release(conn)
+            released = True
+            return ok, value
+        except PeerClosed:
+            raise DaemonUnavailable(
+                f"gnr_daemon at {self.address_text} closed the connection during {method}; "
+                "the call may or may not have run"
+            ) from None
+        except OSError as exc:
+            if is_timeout(exc):
+                raise CallTimeout(
+                    f"{method} got no reply from gnr_daemon at {self.address_text} within "
+                    f"{self.timeout} s; the call may still run on the daemon"
+                ) from None
+            raise DaemonUnavailable(
+                f"connection to gnr_daemon at {self.address_text} failed during {method}: {exc}"
+            ) from None
+        finally:
+            if not released:
+                conn.close()
+
+
+class SiteClient:
+    """Client bound to one site: every attribute is a method of that site's register."""
+
+    def __init__(self, client, sitename):
+        self._client = client
+        self.sitename = sitename
+
+    def __repr__(self):
+        return f"<SiteClient {self.sitename!r} via {self._client!r}>"
+
+    def __getattr__(self, name):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        client, sitename = self._client, self.sitename
+
+        def remote_method(*args, **kwargs):
+            return client._call(sitename, name, args, kwargs)
+
+        remote_method.__name__ = name
+        return remote_method

@@ -1,0 +1,278 @@
+"""The daemon's root object: daemon-level methods and routing to site registers.
+
+Every public method defined in the ``Daemon`` class body is callable remotely
+by name (see ``gnr_daemon.dispatch``); helpers are private. A request that
+names a site goes to that site's register, and a site that was never
+registered gets ``SiteNotFound`` (a ``MethodNotFound``), never an
+automatically created register, so that the client registers it again with
+its own configuration and storage path.
+
+Dump files live only inside the state directory: ``storage_path`` arguments
+are resolved against it and rejected when they point outside, so no caller
+can make the daemon write, rename or unpickle an arbitrary file.
+"""
+
+import logging
+import os
+import time
+from datetime import datetime
+
+from . import __version__
+from .dispatch import check_method_name, dispatch
+from .errors import ConfigurationError, SiteNotFound
+from . import registers
+
+__all__ = ["Daemon", "MAX_SITENAME_LENGTH"]
+
+log = logging.getLogger(__name__)
+
+#: Longest accepted site name (Genropy's ``sitename|domain`` included).
+MAX_SITENAME_LENGTH = 200
+
+
+def _check_sitename(sitename):
+    if not isinstance(sitename, str) or not sitename:
+        raise ValueError(f"invalid site name {sitename!r}: a site name is a non-empty string")
+    if len(sitename) > MAX_SITENAME_LENGTH:
+        raise ValueError(
+            f"invalid site name {sitename[:40]!r}...: longer than {MAX_SITENAME_LENGTH} characters"
+        )
+    if not sitename.isprintable() or "/" in sitename or "\\" in sitename:
+        raise ValueError(
+            f"invalid site name {sitename!r}: control characters and path separators are not allowed"
+        )
+
+
+def _parse_site_list(sitename, known):
+    """Expand ``"*"``, a comma-separated string or a list into site names."""
+    if sitename in (None, "*"):
+        return list(known)
+    if isinstance(sitename, str):
+        names = [name.strip() for name in sitename.split(",")]
+    elif isinstance(sitename, (list, tuple, set)):
+        names = [str(name) for name in sitename]
+    else:
+        raise ValueError(
+            f"invalid site selection {sitename!r}: give a site name, a comma-separated "
+            "list of names, a list, or '*'"
+        )
+    return [name for name in names if name]
+
+
+class Daemon:
+    """Root object of one gnr_daemon process.
+
+    ``store`` is an opened ``gnr_daemon.store.Store``; ``state_dir`` is the
+    only directory dump files are read from and written to; ``clock`` returns
+    the current naive datetime and is handed to every site register.
+    """
+
+    #: Version of this daemon; a data attribute, so it is not remotely callable.
+    version = __version__
+
+    def __init__(self, store, state_dir, clock=None):
+        self._store = store
+        self._state_dir = os.path.abspath(state_dir)
+        self._clock = clock or datetime.now
+        self._sites = {}
+        self._site_settings = {}
+        self._started = time.monotonic()
+        self._start_ts = self._clock()
+        self._server = None
+
+    def __repr__(self):
+        return f"<Daemon sites={len(self._sites)} store={self._store.url}>"
+
+    # request routing (called by the server, never remotely)
+
+    def _call(self, site, method, args, kwargs):
+        """Run one request: a daemon-level method, or a method of a site register."""
+        if site is None and "_sitename" in kwargs:
+            site = kwargs.pop("_sitename")
+        if site is None:
+            return dispatch(self, method, args, kwargs)
+        check_method_name(method)
+        register = self._sites.get(site)
+        if register is None:
+            raise SiteNotFound(
+                f"site {site!r} is not registered on this daemon: call "
+                f"addSiteRegister({site!r}, ...) first (the daemon may have restarted)"
+            )
+        return dispatch(register, method, args, kwargs)
+
+    def _site_names(self):
+        return list(self._sites)
+
+    def _site_registers(self):
+        return dict(self._sites)
+
+    def _resolve_storage_path(self, storage_path):
+        """Return the absolute dump path for ``storage_path`` inside the state directory."""
+        if storage_path is None:
+            return None
+        if not isinstance(storage_path, str) or not storage_path.strip():
+            raise ValueError(
+                f"invalid storage_path {storage_path!r}: give a file name inside the "
+                f"state directory {self._state_dir}"
+            )
+        candidate = storage_path
+        if not os.path.isabs(candidate):
+            candidate = os.path.join(self._state_dir, candidate)
+        resolved = os.path.realpath(candidate)
+        state_dir = os.path.realpath(self._state_dir)
+        if os.path.commonpath([resolved, state_dir]) != state_dir or resolved == state_dir:
+            raise ConfigurationError(
+                f"storage_path {storage_path!r} is outside the daemon's state directory "
+                f"{self._state_dir}: pass a file name relative to it (for example "
+                "'mysite.pik') or start the daemon with --state-dir pointing at the folder"
+            )
+        return resolved
+
+    def _stop_site(self, sitename, save_status):
+        register = self._sites.pop(sitename)
+        info = register._info()
+        if save_status and info.get("storage_path"):
+            try:
+                register.dump()
+            except Exception:
+                log.exception("site %r: saving the register to %s failed", sitename,
+                              info.get("storage_path"))
+        register._close()
+        log.info("site %r stopped%s", sitename, " (state saved)" if save_status else "")
+        return info
+
+    def _stop_all_sites(self, save_status):
+        for sitename in list(self._sites):
+            self._stop_site(sitename, save_status)
+
+    # daemon-level remote API
+
+    def ping(self, **kwargs):
+        """Return ``"pong"``: the daemon is alive and answering."""
+        return "pong"
+
+    def echo(self, payload=None):
+        """Return ``payload`` unchanged."""
+        return payload
+
+    def addSiteRegister(self, sitename, storage_path=None, autorestore=False, **kwargs):
+        """Create the register of ``sitename`` if it does not exist yet (idempotent).
+
+        For an existing site the storage path is set only when it had none,
+        and the saved state is then loaded when ``autorestore`` is true.
+        """
+        _check_sitename(sitename)
+        path = self._resolve_storage_path(storage_path)
+        register = self._sites.get(sitename)
+        if register is None:
+            os.makedirs(self._state_dir, mode=0o700, exist_ok=True)
+            register = registers.SiteRegister(
+                sitename, self._store.site_store(sitename), storage_path=path, clock=self._clock
+            )
+            self._sites[sitename] = register
+            self._site_settings[sitename] = {"storage_path": path, "autorestore": bool(autorestore)}
+            log.info("site %r registered (storage %s)", sitename, path or "none")
+            if autorestore and path and os.path.exists(path):
+                register.load()
+            return None
+        info = register._info()
+        if path and not info.get("storage_path"):
+            register._set_storage_path(path)
+            self._site_settings[sitename]["storage_path"] = path
+            if autorestore and os.path.exists(path):
+                register.load()
+        return None
+
+    def getSite(self, sitename=None, create=False, storage_path=None, autorestore=None, **kwargs):
+        """Return the status of ``sitename``, creating its register when ``create`` is true."""
+        if sitename is None:
+            return None
+        if sitename not in self._sites:
+            if not create:
+                return None
+            self.addSiteRegister(sitename, storage_path=storage_path, autorestore=bool(autorestore))
+        info = self._sites[sitename]._info()
+        info["status"] = "ready"
+        info["sitename"] = sitename
+        return info
+
+    def siteRegisters(self, **kwargs):
+        """Return ``(sitename, info)`` for every hosted site."""
+        result = []
+        for sitename, register in self._sites.items():
+            info = register._info()
+            info.update({"sitename": sitename, "is_alive": True, "register_uri": sitename,
+                         "pid": os.getpid()})
+            result.append((sitename, info))
+        return result
+
+    def siteregister_stop(self, sitename=None, saveStatus=False, **kwargs):
+        """Stop the selected sites (a name, a comma list, a list or ``"*"``).
+
+        With ``saveStatus`` each site that has a storage path is dumped first.
+        Returns ``{sitename: info}`` of the sites stopped; unknown names are skipped.
+        """
+        stopped = {}
+        for name in _parse_site_list(sitename, self._sites):
+            if name in self._sites:
+                info = self._stop_site(name, saveStatus)
+                info.update(self._site_settings.pop(name, {}))
+                stopped[name] = info
+        return stopped
+
+    def siteregister_dump(self, sitename=None, **kwargs):
+        """Dump the register of ``sitename`` to its storage path."""
+        if sitename not in self._sites:
+            raise SiteNotFound(f"site {sitename!r} is not registered on this daemon")
+        self._sites[sitename].dump()
+
+    def siteregister_start(self, stopStatus=None, **kwargs):
+        """Register again the sites described by a ``siteregister_stop`` result."""
+        for sitename, info in (stopStatus or {}).items():
+            storage_path = info.get("storage_path")
+            self.addSiteRegister(sitename, storage_path=storage_path,
+                                 autorestore=bool(info.get("autorestore", True)))
+
+    def siteregister_restart(self, sitename=None, **kwargs):
+        """Stop the selected sites saving their state, then register and restore them."""
+        stopped = self.siteregister_stop(sitename, saveStatus=True)
+        for info in stopped.values():
+            info["autorestore"] = True
+        self.siteregister_start(stopped)
+
+    def on_site_stop(self, **kwargs):
+        """Note that a web site stopped; the daemon keeps its register."""
+        log.debug("on_site_stop received without a site name")
+
+    def on_reloader_restart(self, sitename=None, **kwargs):
+        """Accept Genropy's code-reload hook; nothing to do on the daemon."""
+        log.debug("on_reloader_restart for site %r", sitename)
+
+    def stop(self, saveStatus=False, **kwargs):
+        """Stop every site (saving state when ``saveStatus``) and shut the daemon down."""
+        log.info("stop requested by a client%s", " (saving state)" if saveStatus else "")
+        if self._server is not None:
+            self._server.request_stop(save_status=bool(saveStatus))
+        else:
+            self._stop_all_sites(bool(saveStatus))
+
+    def restart(self, sitename=None, **kwargs):
+        """Save state and stop; the process manager is expected to start the daemon again."""
+        self.stop(saveStatus=True)
+
+    def status(self, **kwargs):
+        """Return uptime, version, store, sites and connection figures."""
+        info = {
+            "version": __version__,
+            "pid": os.getpid(),
+            "uptime": round(time.monotonic() - self._started, 3),
+            "start_ts": self._start_ts,
+            "store": self._store.url,
+            "store_health": self._store.health(),
+            "sites": len(self._sites),
+            "site_names": sorted(self._sites),
+            "state_dir": self._state_dir,
+        }
+        if self._server is not None:
+            info.update(self._server._status())
+        return info

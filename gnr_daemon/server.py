@@ -1,0 +1,442 @@
+"""The gevent server: accept connections, run one greenlet each, shut down cleanly.
+
+``DaemonServer`` owns the listening socket (TCP or Unix), the per-connection
+loop (handshake, receive, dispatch, reply) and the shutdown sequence. It does
+not monkey-patch: ``gnrdaemon start`` patches before importing this module,
+and tests may run a server in a thread with its own hub.
+
+Per connection, in order: send the hello and read the client's within the
+handshake timeout; then for each frame wait up to the idle timeout for its
+first byte and up to the read timeout for the rest, verify it, run the call
+under the call timeout, and send one reply frame. A frame that fails the
+protocol or the HMAC check gets a plain-text error frame, a WARNING line with
+the peer and the reason, and the connection is closed. A request that is
+well signed but malformed, or whose handler fails, gets an error reply and
+the connection stays open.
+
+Shutdown (``stop()``, SIGTERM, SIGINT or the ``stop`` call): close the
+listener, close idle connections, let calls in flight finish for up to the
+drain timeout, cancel the rest with an error reply, save state when asked,
+and return from ``serve_forever``.
+"""
+
+import errno
+import logging
+import os
+import signal
+import socket
+import stat
+import time
+import traceback
+
+import gevent
+import gevent.event
+import gevent.pool
+import gevent.socket
+from gevent.server import StreamServer
+
+from .errors import CallTimeout, DaemonUnavailable, GnrDaemonError, MethodNotFound, ProtocolError
+from .protocol import (
+    KIND_REQUEST,
+    KIND_RESPONSE,
+    Channel,
+    PayloadError,
+    PeerClosed,
+    encode_payload,
+    is_timeout,
+)
+
+__all__ = ["DaemonServer", "ShutdownInterrupt"]
+
+log = logging.getLogger(__name__)
+
+# Extra greenlets beyond max_connections, so that connections over the limit
+# still get a quick "too many connections" reply instead of waiting in the
+# listen backlog.
+_REJECT_MARGIN = 64
+_LISTEN_BACKLOG = 1024
+
+
+class ShutdownInterrupt(Exception):
+    """Thrown into a connection greenlet to end it during shutdown."""
+
+
+def _failure(call_id, exc, with_traceback=True):
+    text = traceback.format_exc() if with_traceback else ""
+    return (call_id, False, (type(exc).__name__, str(exc), text))
+
+
+def _check_request(request):
+    """Return the request's fields or raise ProtocolError naming what is wrong."""
+    if not isinstance(request, tuple) or len(request) != 5:
+        shape = f"a tuple of {len(request)} items" if isinstance(request, tuple) else type(request).__name__
+        raise ProtocolError(
+            f"invalid request: expected a tuple (call_id, site, method, args, kwargs), got {shape}"
+        )
+    call_id, site, method, args, kwargs = request
+    if site is not None and not isinstance(site, str):
+        raise ProtocolError(f"invalid request: site must be a string or None, got {type(site).__name__}")
+    if not isinstance(args, (tuple, list)):
+        raise ProtocolError(f"invalid request: args must be a tuple or list, got {type(args).__name__}")
+    if not isinstance(kwargs, dict):
+        raise ProtocolError(f"invalid request: kwargs must be a dict, got {type(kwargs).__name__}")
+    for name in kwargs:
+        if not isinstance(name, str) or not name.isidentifier():
+            raise ProtocolError(f"invalid request: keyword argument name {name!r} is not an identifier")
+    return call_id, site, method, args, kwargs
+
+
+class _Connection:
+    """State of one client connection, as seen by the shutdown sequence."""
+
+    __slots__ = ("channel", "greenlet", "busy", "peer")
+
+    def __init__(self, channel, peer):
+        self.channel = channel
+        self.peer = peer
+        self.greenlet = gevent.getcurrent()
+        self.busy = False
+
+
+class DaemonServer:
+    """Serve a ``Daemon`` root object over TCP or a Unix socket.
+
+    ``settings`` is a ``gnr_daemon.config.Settings``; ``key`` the HMAC key as
+    bytes or None.
+    """
+
+    def __init__(self, daemon, settings, key=None):
+        self.daemon = daemon
+        self.settings = settings
+        self._key = key
+        self._connections = set()
+        self._server = None
+        self._listener = None
+        self._address = None
+        self._stopping = False
+        self._stopped = None
+        self._save_on_stop = False
+        self._signal_count = 0
+        self.calls_served = 0
+        self.call_errors = 0
+        self.auth_failures = 0
+        self.protocol_errors = 0
+        self.rejected_connections = 0
+        daemon._server = self
+
+    def __repr__(self):
+        state = "stopping" if self._stopping else ("listening" if self._server else "new")
+        return f"<DaemonServer {self.address_text} {state} connections={len(self._connections)}>"
+
+    # listening
+
+    @property
+    def address(self):
+        """The bound address: ``(host, port)`` for TCP, the path for a Unix socket."""
+        return self._address
+
+    @property
+    def address_text(self):
+        if self._address is None:
+            return "unbound"
+        if isinstance(self._address, str):
+            return f"unix:{self._address}"
+        host, port = self._address[:2]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    def _bind(self):
+        if self.settings.socket:
+            return self._bind_unix(self.settings.socket)
+        host = self.settings.bind or self.settings.host
+        return self._bind_tcp(host, self.settings.port)
+
+    def _bind_tcp(self, host, port):
+        host = host.strip("[]") if host else "0.0.0.0"
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        except socket.gaierror as exc:
+            raise OSError(f"cannot resolve listen address {host!r}: {exc.strerror}") from None
+        family, socktype, proto, _name, sockaddr = infos[0]
+        listener = gevent.socket.socket(family, socktype, proto)
+        try:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            listener.bind(sockaddr)
+            listener.listen(_LISTEN_BACKLOG)
+        except OSError as exc:
+            listener.close()
+            raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from None
+        self._address = listener.getsockname()[:2]
+        return listener
+
+    def _bind_unix(self, path):
+        if os.path.exists(path):
+            if not stat.S_ISSOCK(os.stat(path).st_mode):
+                raise OSError(f"cannot listen on {path}: the path exists and is not a socket")
+            probe = gevent.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.connect(path)
+            except OSError:
+                os.unlink(path)  # a stale socket left by a daemon that died
+            else:
+                raise OSError(f"cannot listen on {path}: another process is listening there")
+            finally:
+                probe.close()
+        listener = gevent.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        # The umask makes the socket 0660 from the moment it exists, so no
+        # other user can connect in the window between bind and chmod.
+        old_umask = os.umask(0o117)
+        try:
+            listener.bind(path)
+        except OSError as exc:
+            listener.close()
+            raise OSError(exc.errno, f"cannot listen on {path}: {exc.strerror}") from None
+        finally:
+            os.umask(old_umask)
+        os.chmod(path, 0o660)
+        listener.listen(_LISTEN_BACKLOG)
+        self._address = path
+        return listener
+
+    def start(self):
+        """Bind and start accepting; returns once the server is listening."""
+        listener = self._bind()
+        self._listener = listener
+        pool = gevent.pool.Pool(self.settings.max_connections + _REJECT_MARGIN)
+        self._server = StreamServer(listener, self._handle, spawn=pool)
+        self._server.start()
+        self._stopped = gevent.event.Event()
+        signing = "on" if self._key else "OFF"
+        log.info(
+            "gnr_daemon listening on %s (pid %d, store %s, HMAC signing %s)",
+            self.address_text, os.getpid(), self.daemon._store.url, signing,
+        )
+
+    def serve_forever(self):
+        """Start if needed, then block until the server has stopped."""
+        if self._server is None:
+            self.start()
+        self._stopped.wait()
+
+    def install_signal_handlers(self):
+        """Make SIGTERM and SIGINT stop the server; a second signal forces the exit."""
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            gevent.signal_handler(signum, self._on_signal, signum)
+
+    def _on_signal(self, signum):
+        self._signal_count += 1
+        name = signal.Signals(signum).name
+        if self._signal_count > 1:
+            log.warning("%s received again: exiting without waiting for calls in flight", name)
+            os._exit(1)
+        log.info("%s received: shutting down", name)
+        self.request_stop()
+
+    # shutdown
+
+    def request_stop(self, save_status=False):
+        """Start the shutdown in a new greenlet; returns at once."""
+        self._save_on_stop = self._save_on_stop or save_status
+        if not self._stopping:
+            self._stopping = True
+            gevent.spawn(self.stop)
+
+    def stop(self, drain_timeout=None):
+        """Stop accepting, drain calls in flight, close connections, save state if asked."""
+        self._stopping = True
+        drain_timeout = self.settings.drain_timeout if drain_timeout is None else drain_timeout
+        if self._server is not None:
+            self._server.close()
+        if isinstance(self._address, str):
+            try:
+                os.unlink(self._address)
+            except OSError:
+                pass
+
+        self._close_idle_connections()
+        deadline = time.monotonic() + drain_timeout
+        while any(conn.busy for conn in self._connections) and time.monotonic() < deadline:
+            gevent.sleep(0.01)
+            self._close_idle_connections()
+        busy = [conn for conn in self._connections if conn.busy]
+        if busy:
+            log.warning("drain timeout of %.1f s expired: cancelling %d call(s) in flight",
+                        drain_timeout, len(busy))
+        else:
+            log.info("calls in flight drained")
+        for conn in list(self._connections):
+            conn.greenlet.kill(ShutdownInterrupt, block=False)
+        gevent.joinall([conn.greenlet for conn in list(self._connections)], timeout=2)
+
+        self.daemon._stop_all_sites(self._save_on_stop)
+        log.info("gnr_daemon stopped%s", " (state saved)" if self._save_on_stop else "")
+        if self._stopped is not None:
+            self._stopped.set()
+
+    def _close_idle_connections(self):
+        for conn in list(self._connections):
+            if not conn.busy:
+                conn.greenlet.kill(ShutdownInterrupt, block=False)
+
+    # status
+
+    def _status(self):
+        return {
+            "address": self.address_text,
+            "signing": bool(self._key),
+            "connections": len(self._connections),
+            "calls_served": self.calls_served,
+            "call_errors": self.call_errors,
+            "auth_failures": self.auth_failures,
+            "protocol_errors": self.protocol_errors,
+            "rejected_connections": self.rejected_connections,
+            "stopping": self._stopping,
+        }
+
+    # connections
+
+    def _handle(self, sock, address):
+        peer = self._peer_text(address)
+        if self._stopping:
+            sock.close()
+            return
+        if len(self._connections) >= self.settings.max_connections:
+            self.rejected_connections += 1
+            log.warning("rejected connection from %s: %d connections open (limit %d)",
+                        peer, len(self._connections), self.settings.max_connections)
+            channel = Channel(sock, "server", peer=peer)
+            channel.send_error(
+                f"DaemonUnavailable: too many connections (limit {self.settings.max_connections}); "
+                "retry later or raise --max-connections"
+            )
+            channel.close()
+            return
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        channel = Channel(sock, "server", key=self._key,
+                          max_frame_size=self.settings.max_frame_size, peer=peer)
+        conn = _Connection(channel, peer)
+        self._connections.add(conn)
+        try:
+            self._serve_connection(conn)
+        except ShutdownInterrupt:
+            pass
+        finally:
+            self._connections.discard(conn)
+            channel.close()
+
+    @staticmethod
+    def _peer_text(address):
+        if isinstance(address, tuple) and address:
+            host, port = address[:2]
+            return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+        return "unix-peer"
+
+    def _serve_connection(self, conn):
+        channel = conn.channel
+        settings = self.settings
+        try:
+            channel.server_handshake(settings.handshake_timeout)
+        except (ProtocolError, OSError) as exc:
+            self._reject(conn, exc, "handshake")
+            return
+
+        timer = gevent.Timeout(settings.call_timeout)
+        while not self._stopping:
+            conn.busy = False
+            try:
+                kind, request = channel.receive(settings.idle_timeout, settings.read_timeout)
+            except PeerClosed as exc:
+                if exc.received:
+                    self._reject(conn, exc, "frame")
+                return
+            except (ProtocolError, OSError) as exc:
+                self._reject(conn, exc, "frame")
+                return
+            except PayloadError as exc:
+                # The tag checked out but the payload did not unpickle: the
+                # peer holds the key, so it gets an error reply and may go on.
+                conn.busy = True
+                self.protocol_errors += 1
+                log.warning("invalid request payload from %s: %s", conn.peer, exc)
+                error = ProtocolError(f"invalid request payload: {exc}")
+                channel.send_payload(KIND_RESPONSE, encode_payload(_failure(None, error, False)))
+                continue
+            conn.busy = True
+            if kind != KIND_REQUEST:
+                self._reject(conn, ProtocolError(f"unexpected frame kind {kind} from a client"), "frame")
+                return
+            channel.send_payload(KIND_RESPONSE, self._run_request(request, timer))
+
+    def _reject(self, conn, exc, stage):
+        """Answer a failed handshake or frame with plain text, log it, count it."""
+        if is_timeout(exc):
+            if stage == "handshake":
+                log.warning("dropped %s: no hello within %.1f s", conn.peer,
+                            self.settings.handshake_timeout)
+            else:
+                log.debug("closed %s: idle or incomplete frame timed out", conn.peer)
+            conn.channel.send_error("ProtocolError: timed out waiting for data; connection closed")
+            return
+        if isinstance(exc, OSError) and not isinstance(exc, GnrDaemonError):
+            if exc.errno not in (errno.ECONNRESET, errno.EPIPE, errno.EBADF, None):
+                log.warning("connection error with %s: %s", conn.peer, exc)
+            return
+        if type(exc).__name__ == "AuthenticationError":
+            self.auth_failures += 1
+        else:
+            self.protocol_errors += 1
+        log.warning("rejected %s from %s: %s", stage, conn.peer, exc)
+        conn.channel.send_error(f"{type(exc).__name__}: {exc}")
+
+    def _run_request(self, request, timer):
+        """Run one decoded request and return the pickled reply payload."""
+        call_id = request[0] if isinstance(request, tuple) and request else None
+        try:
+            call_id, site, method, args, kwargs = _check_request(request)
+        except ProtocolError as exc:
+            self.protocol_errors += 1
+            return encode_payload(_failure(call_id, exc, False))
+
+        self.calls_served += 1
+        try:
+            timer.start()
+            try:
+                result = self.daemon._call(site, method, args, kwargs)
+            finally:
+                timer.cancel()
+            return encode_payload((call_id, True, result))
+        except gevent.Timeout as exc:
+            if exc is not timer:
+                raise
+            self.call_errors += 1
+            log.warning("call %s on site %r timed out after %.1f s", method, site,
+                        self.settings.call_timeout)
+            error = CallTimeout(f"{method} did not complete within {self.settings.call_timeout} s "
+                                "(daemon call timeout)")
+            return encode_payload(_failure(call_id, error, False))
+        except ShutdownInterrupt:
+            self.call_errors += 1
+            error = DaemonUnavailable(f"{method} was cancelled because the daemon is shutting down")
+            return encode_payload(_failure(call_id, error, False))
+        except MethodNotFound as exc:
+            self.call_errors += 1
+            log.debug("method not found: site %r method %r: %s", site, method, exc)
+            return encode_payload(_failure(call_id, exc, False))
+        except RecursionError as exc:
+            self.call_errors += 1
+            log.warning("call %s on site %r hit the recursion limit: %s", method, site, exc)
+            error = ProtocolError(f"{method}: value nested too deeply to process ({exc})")
+            return encode_payload(_failure(call_id, error, False))
+        except Exception as exc:
+            self.call_errors += 1
+            if not isinstance(exc, GnrDaemonError):
+                log.exception("call %s on site %r failed", method, site)
+            return self._encode_failure(call_id, exc)
+
+    def _encode_failure(self, call_id, exc):
+        try:
+            return encode_payload(_failure(call_id, exc))
+        except RecursionError:
+            return encode_payload((call_id, False, (type(exc).__name__, "error too deep to report", "")))
