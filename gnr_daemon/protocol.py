@@ -111,6 +111,10 @@ DIRECTION_RESPONSE = b"R"
 # Receive buffer of a channel; frames larger than this get their own buffer.
 _BUFFER_SIZE = 64 * 1024
 
+# First size of the buffer of a frame larger than _BUFFER_SIZE; it doubles
+# as data arrives, up to the frame's length.
+_LARGE_CHUNK = 1024 * 1024
+
 # Longest error text accepted from or sent to a peer.
 _MAX_ERROR_TEXT = 4096
 
@@ -407,16 +411,20 @@ class Channel:
         return self._read_large(size, what)
 
     def _read_large(self, size, what):
-        # A payload larger than the shared buffer gets a buffer of its own,
-        # allocated only after the length passed the maximum frame size check.
-        data = bytearray(size)
-        view = memoryview(data)
+        # A payload larger than the shared buffer gets a buffer of its own.
+        # It grows as bytes arrive instead of being allocated at the announced
+        # size, so a peer that announces a large frame and sends little costs
+        # only what it sent, before its tag can be checked.
         available = self._end - self._start
-        view[:available] = self._view[self._start:self._end]
+        data = bytearray(max(available, min(size, _LARGE_CHUNK)))
+        data[:available] = self._view[self._start:self._end]
         self._start = self._end = 0
         received = available
         while received < size:
-            count = self.sock.recv_into(view[received:])
+            if received == len(data):
+                data.extend(bytes(min(len(data), size - len(data))))
+            with memoryview(data) as view:
+                count = self.sock.recv_into(view[received:])
             if not count:
                 raise PeerClosed(
                     f"connection closed by {self.peer} in the middle of the {what}: "
