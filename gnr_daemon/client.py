@@ -322,7 +322,7 @@ class DaemonClient:
         ok, value = self._receive_reply(conn, call_id, method)
         if ok:
             return value
-        if not (isinstance(value, tuple) and len(value) == 3):
+        if not (isinstance(value, tuple) and len(value) in (3, 4)):
             raise ProtocolError(f"invalid error reply to {method}: {type(value).__name__}")
         raise rebuild_error(*value)
 

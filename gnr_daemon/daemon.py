@@ -17,10 +17,12 @@ import os
 import time
 from datetime import datetime
 
+import gevent
+
 from . import __version__
 from .dispatch import check_method_name, dispatch
 from .errors import ConfigurationError, SiteNotFound
-from . import registers
+from .registers import SiteRegister
 
 __all__ = ["Daemon", "MAX_SITENAME_LENGTH"]
 
@@ -28,6 +30,10 @@ log = logging.getLogger(__name__)
 
 #: Longest accepted site name (Genropy's ``sitename|domain`` included).
 MAX_SITENAME_LENGTH = 200
+
+# The periodic cleanup wakes at least this often, in seconds, so that a
+# shorter interval set later with setConfiguration takes effect soon.
+_CLEANUP_MAX_SLEEP = 5
 
 
 def _check_sitename(sitename):
@@ -76,6 +82,7 @@ class Daemon:
         self._clock = clock or datetime.now
         self._sites = {}
         self._site_settings = {}
+        self._cleanup_greenlets = {}
         self._started = time.monotonic()
         self._start_ts = self._clock()
         self._server = None
@@ -130,6 +137,9 @@ class Daemon:
 
     def _stop_site(self, sitename, save_status):
         register = self._sites.pop(sitename)
+        cleaner = self._cleanup_greenlets.pop(sitename, None)
+        if cleaner is not None:
+            cleaner.kill(block=False)
         info = register._info()
         if save_status and info.get("storage_path"):
             try:
@@ -138,12 +148,33 @@ class Daemon:
                 log.exception("site %r: saving the register to %s failed", sitename,
                               info.get("storage_path"))
         register._close()
+        if not getattr(self._store, "shared", False):
+            # A process-local store forgets the site with its register; a
+            # shared store keeps the state that other daemons still serve.
+            self._store.drop_site(sitename)
         log.info("site %r stopped%s", sitename, " (state saved)" if save_status else "")
         return info
 
     def _stop_all_sites(self, save_status):
         for sitename in list(self._sites):
             self._stop_site(sitename, save_status)
+
+    def _start_cleanup(self, sitename, register):
+        self._cleanup_greenlets[sitename] = gevent.spawn(self._cleanup_loop, sitename, register)
+
+    def _cleanup_loop(self, sitename, register):
+        """Run the site's pull-all cleanup about every ``interval`` seconds, forever."""
+        while True:
+            try:
+                interval = float(register._cleanup_interval())
+            except Exception:
+                log.exception("site %r: reading the cleanup interval failed", sitename)
+                interval = _CLEANUP_MAX_SLEEP
+            gevent.sleep(min(max(interval, 1.0), _CLEANUP_MAX_SLEEP))
+            try:
+                register.cleanup()
+            except Exception:
+                log.exception("site %r: periodic cleanup failed", sitename)
 
     # daemon-level remote API
 
@@ -166,11 +197,12 @@ class Daemon:
         register = self._sites.get(sitename)
         if register is None:
             os.makedirs(self._state_dir, mode=0o700, exist_ok=True)
-            register = registers.SiteRegister(
+            register = SiteRegister(
                 sitename, self._store.site_store(sitename), storage_path=path, clock=self._clock
             )
             self._sites[sitename] = register
             self._site_settings[sitename] = {"storage_path": path, "autorestore": bool(autorestore)}
+            self._start_cleanup(sitename, register)
             log.info("site %r registered (storage %s)", sitename, path or "none")
             if autorestore and path and os.path.exists(path):
                 register.load()

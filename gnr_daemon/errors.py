@@ -146,13 +146,22 @@ def _remote_builtin_class(name):
     return cls
 
 
-def rebuild_error(class_name, message, traceback_text=""):
-    """Build the local exception for a failure the daemon reported by name."""
+def rebuild_error(class_name, message, traceback_text="", builtin_base=None):
+    """Build the local exception for a failure the daemon reported by name.
+
+    ``builtin_base`` names the nearest built-in class of the remote exception
+    (``ValueError`` for a ``ValueError`` subclass), so that an unknown remote
+    class can still be caught as that built-in.
+    """
     cls = ERROR_CLASSES.get(class_name)
     if cls is not None and not issubclass(cls, RemoteError):
         error = cls(message)
         error.remote_traceback = traceback_text
         return error
     if cls is None:
-        cls = _remote_builtin_class(class_name) or RemoteError
+        cls = _remote_builtin_class(class_name)
+    if cls is None and builtin_base:
+        cls = _remote_builtin_class(builtin_base)
+    if cls is None:
+        cls = RemoteError
     return cls(message, remote_type=class_name, remote_traceback=traceback_text)

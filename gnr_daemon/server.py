@@ -61,9 +61,17 @@ class ShutdownInterrupt(Exception):
     """Thrown into a connection greenlet to end it during shutdown."""
 
 
+def _builtin_base(exc):
+    """Return the name of the nearest built-in exception class ``exc`` derives from."""
+    for cls in type(exc).__mro__:
+        if cls.__module__ == "builtins" and cls not in (Exception, BaseException):
+            return cls.__name__
+    return None
+
+
 def _failure(call_id, exc, with_traceback=True):
     text = traceback.format_exc() if with_traceback else ""
-    return (call_id, False, (type(exc).__name__, str(exc), text))
+    return (call_id, False, (type(exc).__name__, str(exc), text, _builtin_base(exc)))
 
 
 def _check_request(request):
@@ -439,4 +447,5 @@ class DaemonServer:
         try:
             return encode_payload(_failure(call_id, exc))
         except RecursionError:
-            return encode_payload((call_id, False, (type(exc).__name__, "error too deep to report", "")))
+            return encode_payload((call_id, False, (type(exc).__name__, "error too deep to report",
+                                                    "", _builtin_base(exc))))

@@ -73,13 +73,13 @@ def test_signed_session_and_sites(tmp_path, start_daemon_process):
     connection = gnrdaemon("call", *address(daemon), "--site", "demo", "new_connection", "c1",
                            "user=alice", env=env)
     assert connection.returncode == 0, connection.stderr
-    assert "'connection_id': 'c1'" in connection.stdout
+    assert "'register_item_id': 'c1'" in connection.stdout
     page = gnrdaemon("call", *address(daemon), "--site", "demo", "new_page", "p1",
                      "connection_id=c1", "user=alice", "pagename='index'", env=env)
     assert page.returncode == 0, page.stderr
     pages = gnrdaemon("call", *address(daemon), "--site", "demo", "pages", "connection_id=c1",
                       env=env)
-    assert "'page_id': 'p1'" in pages.stdout
+    assert "'register_item_id': 'p1'" in pages.stdout
 
     sites = gnrdaemon("sites", *address(daemon), env=env)
     assert sites.stdout.strip() == "demo\tusers=1\tconnections=1\tpages=1"
