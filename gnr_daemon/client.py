@@ -31,12 +31,20 @@ from .errors import (
     CallTimeout,
     ConfigurationError,
     DaemonUnavailable,
+    GnrDaemonError,
     ProtocolError,
     rebuild_error,
 )
 from .protocol import KIND_REQUEST, KIND_RESPONSE, Channel, PeerClosed, encode_payload, is_timeout
 
-__all__ = ["DaemonClient", "SiteClient", "ConnectionPool", "parse_daemon_url"]
+__all__ = [
+    "DaemonClient",
+    "SiteClient",
+    "Batch",
+    "BatchResult",
+    "ConnectionPool",
+    "parse_daemon_url",
+]
 
 log = logging.getLogger(__name__)
 
@@ -282,6 +290,18 @@ class DaemonClient:
         """Return a client whose attributes are the methods of one site's register."""
         return SiteClient(self, sitename)
 
+    def batch(self, stop_on_error=False):
+        """Return a Batch: calls queued on it run in order in one round trip.
+
+        ::
+
+            with client.batch() as batch:
+                locked = batch.site("demo").lock_item("p1", reason="r", register_name="page")
+                value = batch.site("demo").remotebag_getItem("x", ...)
+            print(locked.value, value.value)
+        """
+        return Batch(self, stop_on_error)
+
     def ping(self):
         """Return ``"pong"`` when the daemon answers."""
         return self._call(None, "ping", (), {})
@@ -381,3 +401,127 @@ class SiteClient:
 
         remote_method.__name__ = name
         return remote_method
+
+
+_PENDING = object()
+
+
+class BatchResult:
+    """The outcome of one call of a batch, filled in when the batch has run."""
+
+    __slots__ = ("method", "_ok", "_value")
+
+    def __init__(self, method):
+        self.method = method
+        self._ok = None
+        self._value = _PENDING
+
+    def __repr__(self):
+        if self._value is _PENDING:
+            return f"<BatchResult {self.method} pending>"
+        return f"<BatchResult {self.method} {'ok' if self._ok else 'failed'}>"
+
+    @property
+    def done(self):
+        """True once the batch ran and this call has an outcome."""
+        return self._value is not _PENDING
+
+    @property
+    def ok(self):
+        """True when the call succeeded; None while pending or when it did not run."""
+        return self._ok
+
+    @property
+    def value(self):
+        """The call's result; raises the call's error, or an error if it never ran."""
+        if self._value is _PENDING:
+            raise GnrDaemonError(
+                f"the result of {self.method} is not available: the batch has not run, or it "
+                "stopped at an earlier error"
+            )
+        if not self._ok:
+            raise rebuild_error(*self._value)
+        return self._value
+
+
+class Batch:
+    """Calls queued to run on the daemon in order, in one round trip.
+
+    Use it as a context manager (the calls run on a clean exit) or call
+    ``execute()``. Queue calls with ``call``, ``call_site``, ``site(name)``
+    or any daemon method as an attribute.
+    """
+
+    def __init__(self, client, stop_on_error=False):
+        self._client = client
+        self._stop_on_error = stop_on_error
+        self._calls = []
+        self._results = []
+        self._executed = False
+
+    def __repr__(self):
+        return f"<Batch of {len(self._calls)} call(s) via {self._client!r}>"
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, traceback):
+        if exc_type is None and not self._executed:
+            self.execute()
+        return False
+
+    def __len__(self):
+        return len(self._calls)
+
+    def _queue(self, site, method, args, kwargs):
+        if self._executed:
+            raise GnrDaemonError("this batch already ran; start a new one with client.batch()")
+        result = BatchResult(method)
+        self._calls.append((site, method, tuple(args), dict(kwargs)))
+        self._results.append(result)
+        return result
+
+    def call(self, method, *args, **kwargs):
+        """Queue a daemon-level call; return its BatchResult."""
+        return self._queue(None, method, args, kwargs)
+
+    def call_site(self, sitename, method, args=(), kwargs=None):
+        """Queue a call of a site register's method; return its BatchResult."""
+        return self._queue(sitename, method, args, kwargs or {})
+
+    def site(self, sitename):
+        """Return an object whose attributes queue calls of one site's register."""
+        return _BatchSite(self, sitename)
+
+    def __getattr__(self, name):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return lambda *args, **kwargs: self._queue(None, name, args, kwargs)
+
+    def execute(self):
+        """Send the queued calls; return their BatchResults in order."""
+        if self._executed:
+            raise GnrDaemonError("this batch already ran; start a new one with client.batch()")
+        self._executed = True
+        if not self._calls:
+            return []
+        outcomes = self._client._call(None, "batch", (self._calls,),
+                                      {"stop_on_error": self._stop_on_error})
+        for result, (ok, value) in zip(self._results, outcomes):
+            result._ok = ok
+            result._value = value
+        return list(self._results)
+
+
+class _BatchSite:
+    __slots__ = ("_batch", "_sitename")
+
+    def __init__(self, batch, sitename):
+        self._batch = batch
+        self._sitename = sitename
+
+    def __getattr__(self, name):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        batch, sitename = self._batch, self._sitename
+        return lambda *args, **kwargs: batch._queue(sitename, name, args, kwargs)

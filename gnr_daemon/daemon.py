@@ -21,7 +21,7 @@ import gevent
 
 from . import __version__
 from .dispatch import check_method_name, dispatch
-from .errors import ConfigurationError, SiteNotFound
+from .errors import ConfigurationError, SiteNotFound, describe_exception
 from .registers import SiteRegister
 
 __all__ = ["Daemon", "MAX_SITENAME_LENGTH"]
@@ -63,6 +63,23 @@ def _parse_site_list(sitename, known):
             "list of names, a list, or '*'"
         )
     return [name for name in names if name]
+
+
+def _check_batch_entry(index, call):
+    """Return the fields of one batch entry or raise ValueError naming the entry."""
+    if not (isinstance(call, (list, tuple)) and len(call) == 4):
+        raise ValueError(f"invalid batch entry {index}: expected (site, method, args, kwargs)")
+    site, method, args, kwargs = call
+    if site is not None and not isinstance(site, str):
+        raise ValueError(f"invalid batch entry {index}: site must be a string or None")
+    if not isinstance(args, (list, tuple)) or not isinstance(kwargs, dict):
+        raise ValueError(f"invalid batch entry {index}: args must be a list or tuple and "
+                         "kwargs a dict")
+    if any(not isinstance(name, str) or not name.isidentifier() for name in kwargs):
+        raise ValueError(f"invalid batch entry {index}: keyword names must be identifiers")
+    if site is None and method == "batch":
+        raise ValueError(f"invalid batch entry {index}: a batch cannot contain a batch")
+    return site, method, tuple(args), dict(kwargs)
 
 
 class Daemon:
@@ -185,6 +202,29 @@ class Daemon:
     def echo(self, payload=None):
         """Return ``payload`` unchanged."""
         return payload
+
+    def batch(self, calls, stop_on_error=False):
+        """Run several calls in order in one round trip.
+
+        ``calls`` is a list of ``(site, method, args, kwargs)``; each goes
+        through the same routing and name checks as a single call. Returns
+        one ``(True, result)`` or ``(False, (class_name, message,
+        traceback_text, builtin_base))`` per call; with ``stop_on_error`` the
+        calls after the first failure are not run and get no entry.
+        """
+        if not isinstance(calls, (list, tuple)):
+            raise ValueError(f"invalid batch: expected a list of (site, method, args, kwargs), "
+                             f"got {type(calls).__name__}")
+        results = []
+        for index, call in enumerate(calls):
+            site, method, args, kwargs = _check_batch_entry(index, call)
+            try:
+                results.append((True, self._call(site, method, args, kwargs)))
+            except Exception as exc:
+                results.append((False, describe_exception(exc)))
+                if stop_on_error:
+                    break
+        return results
 
     def addSiteRegister(self, sitename, storage_path=None, autorestore=False, **kwargs):
         """Create the register of ``sitename`` if it does not exist yet (idempotent).

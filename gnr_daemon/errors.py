@@ -10,6 +10,7 @@ Built-in exceptions (``KeyError``, ``ValueError``, ...) come back as
 """
 
 import builtins
+import traceback
 
 __all__ = [
     "GnrDaemonError",
@@ -26,6 +27,7 @@ __all__ = [
     "GnrDaemonLocked",
     "ERROR_CLASSES",
     "rebuild_error",
+    "describe_exception",
 ]
 
 
@@ -165,3 +167,21 @@ def rebuild_error(class_name, message, traceback_text="", builtin_base=None):
     if cls is None:
         cls = RemoteError
     return cls(message, remote_type=class_name, remote_traceback=traceback_text)
+
+
+def _builtin_base(exc):
+    """Return the name of the nearest built-in exception class ``exc`` derives from."""
+    for cls in type(exc).__mro__:
+        if cls.__module__ == "builtins" and cls not in (Exception, BaseException):
+            return cls.__name__
+    return None
+
+
+def describe_exception(exc, with_traceback=True):
+    """Return ``(class_name, message, traceback_text, builtin_base)`` for the wire.
+
+    Call it inside the ``except`` block that caught ``exc`` when the
+    traceback is wanted.
+    """
+    text = traceback.format_exc() if with_traceback else ""
+    return (type(exc).__name__, str(exc), text, _builtin_base(exc))

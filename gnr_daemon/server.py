@@ -27,7 +27,6 @@ import signal
 import socket
 import stat
 import time
-import traceback
 
 import gevent
 import gevent.event
@@ -35,7 +34,14 @@ import gevent.pool
 import gevent.socket
 from gevent.server import StreamServer
 
-from .errors import CallTimeout, DaemonUnavailable, GnrDaemonError, MethodNotFound, ProtocolError
+from .errors import (
+    CallTimeout,
+    DaemonUnavailable,
+    GnrDaemonError,
+    MethodNotFound,
+    ProtocolError,
+    describe_exception,
+)
 from .protocol import (
     KIND_REQUEST,
     KIND_RESPONSE,
@@ -57,21 +63,16 @@ _REJECT_MARGIN = 64
 _LISTEN_BACKLOG = 1024
 
 
-class ShutdownInterrupt(Exception):
-    """Thrown into a connection greenlet to end it during shutdown."""
+class ShutdownInterrupt(BaseException):
+    """Thrown into a connection greenlet to end it during shutdown.
 
-
-def _builtin_base(exc):
-    """Return the name of the nearest built-in exception class ``exc`` derives from."""
-    for cls in type(exc).__mro__:
-        if cls.__module__ == "builtins" and cls not in (Exception, BaseException):
-            return cls.__name__
-    return None
+    It derives from BaseException, like GreenletExit, so that no handler's
+    ``except Exception`` swallows it.
+    """
 
 
 def _failure(call_id, exc, with_traceback=True):
-    text = traceback.format_exc() if with_traceback else ""
-    return (call_id, False, (type(exc).__name__, str(exc), text, _builtin_base(exc)))
+    return (call_id, False, describe_exception(exc, with_traceback))
 
 
 def _check_request(request):
@@ -448,4 +449,4 @@ class DaemonServer:
             return encode_payload(_failure(call_id, exc))
         except RecursionError:
             return encode_payload((call_id, False, (type(exc).__name__, "error too deep to report",
-                                                    "", _builtin_base(exc))))
+                                                    "", None)))

@@ -17,6 +17,8 @@ from gnr_daemon.errors import (
     CallTimeout,
     ConfigurationError,
     DaemonUnavailable,
+    GnrDaemonError,
+    MethodNotFound,
     RemoteError,
     SiteNotFound,
 )
@@ -214,3 +216,57 @@ def test_repr_hides_key(daemon):
     client = daemon.client()
     assert TEST_KEY not in repr(client)
     assert "signed" in repr(client)
+
+
+def test_batch_runs_in_order(client):
+    client.addSiteRegister("demo")
+    with client.batch() as batch:
+        created = batch.site("demo").new_connection("c1", user="alice")
+        locked = batch.site("demo").lock_item("c1", reason="r1", register_name="connection")
+        refused = batch.site("demo").lock_item("c1", reason="r2", register_name="connection")
+        counters = batch.site("demo").counters()
+        pong = batch.ping()
+    assert created.value["register_item_id"] == "c1"
+    assert locked.value is True
+    assert refused.value is False
+    assert counters.value == {"users": 1, "connections": 1, "pages": 0}
+    assert pong.value == "pong"
+
+
+def test_batch_one_round_trip(client, daemon):
+    before = client.status()["calls_served"]
+    with client.batch() as batch:
+        for number in range(20):
+            batch.echo(number)
+    after = client.status()["calls_served"]
+    assert after - before == 2  # the batch itself and the status call
+
+
+def test_batch_error_stays_per_call(client):
+    with client.batch() as batch:
+        good = batch.echo("a")
+        bad = batch.call("_private")
+        unknown_site = batch.site("nowhere").counters()
+        later = batch.echo("b")
+    assert good.value == "a"
+    with pytest.raises(MethodNotFound):
+        bad.value
+    with pytest.raises(SiteNotFound):
+        unknown_site.value
+    assert later.value == "b"
+
+
+def test_batch_stop_on_error(client):
+    with client.batch(stop_on_error=True) as batch:
+        batch.echo("a")
+        failing = batch.call("echo", 1, 2, 3)
+        skipped = batch.echo("never")
+    assert failing.ok is False
+    assert skipped.done is False
+    with pytest.raises(GnrDaemonError, match="has not run"):
+        skipped.value
+
+
+def test_batch_cannot_nest(client):
+    with pytest.raises(RemoteError, match="cannot contain a batch"):
+        client.call("batch", [(None, "batch", ([],), {})])
