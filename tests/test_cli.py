@@ -238,3 +238,18 @@ def test_environment_xml_settings(tmp_path, start_daemon_process):
     )
     result = gnrdaemon("ping", env=env)
     assert result.returncode == 0, result.stderr
+
+
+def test_session_demo_script(tmp_path, start_daemon_process):
+    from pathlib import Path
+
+    env = clean_environment(tmp_path)
+    daemon = start_daemon_process("-H", "127.0.0.1", "-P", "0", env=env)
+    script = Path(__file__).parent.parent / "scripts" / "session_demo.py"
+    result = subprocess.run([sys.executable, str(script), "--host", "127.0.0.1", "--port",
+                             str(daemon.port)], capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "pushed value: Invoice 42 saved gnr.message" in result.stdout
+    assert "database change path: gnr.dbchanges.shop_invoice" in result.stdout
+    assert "after restart: {'users': 1, 'connections': 1, 'pages': 1}" in result.stdout
+    assert "after closing the tab: {'users': 1, 'connections': 0, 'pages': 0}" in result.stdout
