@@ -15,15 +15,18 @@ Safety rules of the pool:
   timed out or lost its connection after sending is never repeated, because
   handlers are not idempotent;
 - connections belong to the OS thread that opened them (a gevent socket is
-  bound to its thread's hub), and the pool starts afresh after ``fork()``.
+  bound to its thread's hub, and ``threading.get_native_id`` is not patched
+  by gevent), and the pool starts afresh in a child process after ``fork()``.
 """
 
 import itertools
 import logging
 import os
+import select
 import socket
 import sys
 import threading
+import weakref
 from urllib.parse import urlsplit
 
 from .config import load_settings
@@ -52,12 +55,15 @@ log = logging.getLogger(__name__)
 DEFAULT_POOL_SIZE = 10
 
 
-def _os_thread_id():
-    """Return the id of the OS thread, also when gevent has patched ``threading``."""
+_POLL_READABLE = select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP
+
+
+def _original_poll():
+    """Return ``select.poll`` as the standard library defines it, even under gevent's patch."""
     monkey = sys.modules.get("gevent.monkey")
-    if monkey is not None and monkey.is_module_patched("threading"):
-        return monkey.get_original("threading", "get_ident")()
-    return threading.get_ident()
+    if monkey is not None and monkey.is_module_patched("select"):
+        return monkey.get_original("select", "poll")
+    return select.poll
 
 
 def parse_daemon_url(url):
@@ -89,98 +95,116 @@ def parse_daemon_url(url):
 class _PooledConnection:
     """One socket to the daemon with its channel, owner thread and pid."""
 
-    __slots__ = ("channel", "thread_id", "pid", "reused")
+    __slots__ = ("channel", "thread_id", "pid", "reused", "_poller")
 
     def __init__(self, channel):
         self.channel = channel
-        self.thread_id = _os_thread_id()
-        self.pid = os.getpid()
+        self._poller = _original_poll()()
+        self._poller.register(channel.sock.fileno(), _POLL_READABLE)
+        self.thread_id = threading.get_native_id()
+        self.pid = _current_pid[0]
         self.reused = False
 
     def is_stale(self):
-        """Tell whether the daemon closed this idle connection or sent it data."""
-        sock = self.channel.sock
-        previous = sock.gettimeout()
+        """Tell whether the daemon closed this idle connection or sent it data.
+
+        Either way the connection is unusable: the daemon sends nothing
+        unasked except an error frame (such as an idle timeout) before it
+        closes. One zero-timeout poll, which never blocks or switches greenlets.
+        """
         try:
-            sock.settimeout(0.0)
-            data = sock.recv(1, socket.MSG_PEEK)
-        except (BlockingIOError, InterruptedError):
-            return False
+            return bool(self._poller.poll(0))
         except OSError:
             return True
-        finally:
-            try:
-                sock.settimeout(previous)
-            except OSError:
-                pass
-        # Either the peer closed (data is b"") or it sent bytes nobody asked
-        # for, such as an idle-timeout error frame: either way it is unusable.
-        del data
-        return True
 
     def close(self):
         self.channel.close()
 
 
 class ConnectionPool:
-    """Idle connections per OS thread, guarded by a lock, reset after fork."""
+    """Idle connections kept per OS thread, reset in a child process after fork.
+
+    No lock is taken: each thread has its own list, and ``list.append`` and
+    ``list.pop`` are atomic under the GIL, so threads never block each other
+    and greenlets never wait on a lock that another greenlet of the same
+    thread holds.
+    """
 
     def __init__(self, connect, max_idle):
         self._connect = connect
         self._max_idle = max_idle
-        self._lock = threading.Lock()
-        self._idle = []
-        self._pid = os.getpid()
+        self._idle = {}
         self._closed = False
+        _pools_to_reset.add(self)
 
     def __repr__(self):
-        return f"<ConnectionPool idle={len(self._idle)} max_idle={self._max_idle}>"
+        idle = sum(len(connections) for connections in list(self._idle.values()))
+        return f"<ConnectionPool idle={idle} max_idle={self._max_idle} per thread>"
 
-    def _check_fork(self):
-        if self._pid != os.getpid():
-            # The parent's sockets must never be used by the child: two
-            # processes would interleave their frames on one stream.
-            with self._lock:
-                if self._pid != os.getpid():
-                    self._idle = []
-                    self._pid = os.getpid()
+    def _reset_after_fork(self):
+        # The parent's sockets must never be used by the child: two processes
+        # would interleave their frames on one stream. They are dropped, not
+        # closed, so the parent's connections stay intact.
+        self._idle = {}
 
     def get(self):
         """Return an idle connection of this thread that is still open, or a new one."""
-        self._check_fork()
-        thread_id = _os_thread_id()
-        while True:
-            conn = None
-            with self._lock:
-                for index in range(len(self._idle) - 1, -1, -1):
-                    if self._idle[index].thread_id == thread_id:
-                        conn = self._idle.pop(index)
-                        break
-            if conn is None:
-                return self._connect()
+        idle = self._idle.get(threading.get_native_id())
+        while idle:
+            try:
+                conn = idle.pop()
+            except IndexError:
+                break
             if conn.is_stale():
                 conn.close()
                 continue
             conn.reused = True
             return conn
+        return self._connect()
 
     def release(self, conn):
         """Return a healthy connection to the pool (or close it when full or closed)."""
-        if conn.pid != os.getpid():
+        if conn.pid != _current_pid[0]:
             return
-        with self._lock:
-            if not self._closed and len(self._idle) < self._max_idle:
-                self._idle.append(conn)
+        idle = self._idle.get(conn.thread_id)
+        if idle is None:
+            idle = self._idle.setdefault(conn.thread_id, [])
+        if not self._closed and len(idle) < self._max_idle:
+            idle.append(conn)
+            if not self._closed:
+                return
+            # close() ran meanwhile and may have missed this connection.
+            try:
+                idle.remove(conn)
+            except ValueError:
                 return
         conn.close()
 
     def close(self):
         """Close idle connections; connections in use are closed when released."""
-        with self._lock:
-            self._closed = True
-            idle, self._idle = self._idle, []
-        for conn in idle:
-            conn.close()
+        self._closed = True
+        idle, self._idle = self._idle, {}
+        for connections in list(idle.values()):
+            while connections:
+                try:
+                    connections.pop().close()
+                except IndexError:
+                    break
+
+
+# Pools of this process, reset in the child after os.fork().
+_pools_to_reset = weakref.WeakSet()
+_current_pid = [os.getpid()]
+
+
+def _reset_pools_after_fork():
+    _current_pid[0] = os.getpid()
+    for pool in list(_pools_to_reset):
+        pool._reset_after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_pools_after_fork)
 
 
 class DaemonClient:

@@ -12,7 +12,8 @@ anything is called. The rule is in ``check_method_name`` and
   ``__getattr__`` hook and no property getter runs during the lookup) and must
   be a plain function defined in a class body: data attributes, classes,
   properties, static and class methods, and callable objects stored in
-  attributes are never called.
+  attributes are never called, and neither is a function stored in the
+  instance's ``__dict__``.
 
 Every refusal raises ``MethodNotFound``, which the server sends back as an
 ordinary error reply, so the connection stays open.
@@ -63,24 +64,43 @@ def check_method_name(name):
         )
 
 
+# (class, name) -> the plain function the rule accepted; filled on first use.
+# Classes are never changed at run time, so an accepted name stays accepted.
+_accepted = {}
+
+
 def resolve_method(target, name):
     """Return the bound method ``name`` of ``target``, or raise MethodNotFound."""
     check_method_name(name)
+    return _bind(target, name)
+
+
+def _bind(target, name):
+    cls = type(target)
+    function = _accepted.get((cls, name))
+    if function is None:
+        function = _check_attribute(target, name)
+        _accepted[(cls, name)] = function
+    # A function stored in the instance dict would shadow the class's method.
+    instance_dict = getattr(target, "__dict__", None)
+    if instance_dict and name in instance_dict:
+        raise MethodNotFound(f"{name!r} on {cls.__name__} is not a callable method")
+    return function.__get__(target, cls)
+
+
+def _check_attribute(target, name):
+    # The lookup is on the class, so the instance dict (checked on every
+    # call in _bind) never decides what is cached for the class.
+    cls = type(target)
     try:
-        attribute = inspect.getattr_static(target, name)
+        attribute = inspect.getattr_static(cls, name)
     except AttributeError:
-        raise MethodNotFound(f"unknown method {name!r} on {type(target).__name__}") from None
-    if not isinstance(attribute, types.FunctionType):
-        raise MethodNotFound(
-            f"{name!r} on {type(target).__name__} is not a callable method"
-        )
-    # getattr_static also finds functions stored in the instance dict; only
-    # functions defined on the class are methods.
-    if name in getattr(target, "__dict__", {}):
-        raise MethodNotFound(
-            f"{name!r} on {type(target).__name__} is not a callable method"
-        )
-    return getattr(target, name)
+        if name in getattr(target, "__dict__", {}):
+            raise MethodNotFound(f"{name!r} on {cls.__name__} is not a callable method") from None
+        raise MethodNotFound(f"unknown method {name!r} on {cls.__name__}") from None
+    if not isinstance(attribute, types.FunctionType) or name in vars(object):
+        raise MethodNotFound(f"{name!r} on {cls.__name__} is not a callable method")
+    return attribute
 
 
 def dispatch(target, name, args, kwargs):
@@ -91,5 +111,5 @@ def dispatch(target, name, args, kwargs):
         routed = route(target, name, kwargs)
         if routed is not None:
             target, name = routed
-    method = resolve_method(target, name)
-    return method(*args, **kwargs)
+            check_method_name(name)
+    return _bind(target, name)(*args, **kwargs)

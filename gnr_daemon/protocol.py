@@ -52,6 +52,7 @@ import pickle
 import secrets
 import socket
 import struct
+import time
 from hashlib import sha256
 
 from .errors import AuthenticationError, GnrDaemonError, ProtocolError, RemoteError, rebuild_error
@@ -114,6 +115,10 @@ _BUFFER_SIZE = 64 * 1024
 # First size of the buffer of a frame larger than _BUFFER_SIZE; it doubles
 # as data arrives, up to the frame's length.
 _LARGE_CHUNK = 1024 * 1024
+
+# Payloads up to this size are tagged with one C call over a joined copy;
+# larger ones extend a per-connection HMAC state instead of being copied.
+_ONE_SHOT_TAG_LIMIT = 64 * 1024
 
 # Longest error text accepted from or sent to a peer.
 _MAX_ERROR_TEXT = 4096
@@ -233,6 +238,7 @@ class Channel:
         self.max_frame_size = max_frame_size
         self._key = key or None
         self._prefix = None
+        self._nonces = None
         self._send_seq = 0
         self._recv_seq = 0
         if role == "server":
@@ -240,6 +246,9 @@ class Channel:
         else:
             self._send_direction, self._recv_direction = DIRECTION_REQUEST, DIRECTION_RESPONSE
         self._loads = loads or _unpickle
+        self._timeout = sock.gettimeout()
+        #: time.monotonic() when the frame being received started to arrive
+        self.frame_started = None
         self._buffer = bytearray(_BUFFER_SIZE)
         self._view = memoryview(self._buffer)
         self._start = 0
@@ -259,7 +268,7 @@ class Channel:
         """Send the server hello, then read and check the client hello."""
         server_nonce = secrets.token_bytes(NONCE_SIZE)
         self.sock.sendall(pack_hello(self._key is not None, server_nonce))
-        self.sock.settimeout(timeout)
+        self._set_timeout(timeout)
         client_key_flag, client_nonce = unpack_hello(self._read_exact(HELLO_SIZE, "client hello"))
         if self._key is not None and not client_key_flag:
             raise AuthenticationError(
@@ -272,11 +281,11 @@ class Channel:
                 "with the same key (GNR_DAEMON_HMAC_KEY or --hmac-key-file)"
             )
         if self._key is not None:
-            self._prefix = _tag_prefix(self._key, server_nonce, client_nonce)
+            self._start_signing(server_nonce, client_nonce)
 
     def client_handshake(self, timeout):
         """Read and check the server hello, then send the client hello."""
-        self.sock.settimeout(timeout)
+        self._set_timeout(timeout)
         # A daemon that rejects the connection outright (too many connections)
         # sends an error frame where the hello would be.
         first = bytes(self._read_exact(HEADER_SIZE, "daemon hello"))
@@ -299,7 +308,17 @@ class Channel:
         client_nonce = secrets.token_bytes(NONCE_SIZE)
         self.sock.sendall(pack_hello(self._key is not None, client_nonce))
         if self._key is not None:
-            self._prefix = _tag_prefix(self._key, server_nonce, client_nonce)
+            self._start_signing(server_nonce, client_nonce)
+
+    def _start_signing(self, server_nonce, client_nonce):
+        self._nonces = server_nonce + client_nonce
+        self._prefix = _tag_prefix(self._key, server_nonce, client_nonce)
+
+    def _tag(self, direction, sequence, header, payload):
+        if len(payload) <= _ONE_SHOT_TAG_LIMIT:
+            message = b"".join((self._nonces, direction, sequence.to_bytes(8, "big"), header, payload))
+            return hmac.digest(self._key, message, "sha256")
+        return compute_tag(self._prefix, direction, sequence, header, payload)
 
     # sending
 
@@ -315,12 +334,17 @@ class Channel:
                 f"{self.max_frame_size} bytes"
             )
         if self._prefix is None:
-            self.sock.sendall(pack_frame(kind, payload))
-            return
-        header = _HEADER.pack(kind, FLAG_SIGNED, 0, len(payload))
-        tag = compute_tag(self._prefix, self._send_direction, self._send_seq, header, payload)
-        self._send_seq += 1
-        self.sock.sendall(b"".join((header, tag, payload)))
+            frame = pack_frame(kind, payload)
+        else:
+            header = _HEADER.pack(kind, FLAG_SIGNED, 0, len(payload))
+            tag = self._tag(self._send_direction, self._send_seq, header, payload)
+            self._send_seq += 1
+            frame = b"".join((header, tag, payload))
+        # One send() usually takes the whole frame; sendall() only finishes a
+        # partial send. gevent's sendall() costs an extra system call.
+        sent = self.sock.send(frame)
+        if sent < len(frame):
+            self.sock.sendall(memoryview(frame)[sent:])
 
     def send_error(self, text):
         """Send a plain-text error frame; never raises."""
@@ -340,9 +364,10 @@ class Channel:
         peer is raised as the exception its text names.
         """
         if self._end == self._start:
-            self.sock.settimeout(idle_timeout)
+            self._set_timeout(idle_timeout)
             self._fill_some()
-        self.sock.settimeout(read_timeout)
+        self.frame_started = time.monotonic()
+        self._set_timeout(read_timeout)
         header = bytes(self._read_exact(HEADER_SIZE, "frame header"))
         kind, flags, reserved, length = _HEADER.unpack(header)
         _check_header(kind, flags, reserved, length, self.max_frame_size)
@@ -359,6 +384,13 @@ class Channel:
         except Exception as exc:
             raise PayloadError(f"{type(exc).__name__}: {exc}") from None
 
+    def _set_timeout(self, timeout):
+        # A plain socket's settimeout is a system call even when the value
+        # does not change, so it is skipped when the value is the same.
+        if timeout != self._timeout:
+            self.sock.settimeout(timeout)
+            self._timeout = timeout
+
     def _verify(self, header, tag, payload):
         if self._prefix is None:
             if tag is not None:
@@ -366,7 +398,7 @@ class Channel:
             return
         if tag is None:
             raise AuthenticationError("unsigned frame received but a key is required")
-        expected = compute_tag(self._prefix, self._recv_direction, self._recv_seq, header, payload)
+        expected = self._tag(self._recv_direction, self._recv_seq, header, payload)
         if not hmac.compare_digest(expected, tag):
             raise AuthenticationError(
                 "frame tag does not match: wrong key, tampered frame, or a frame replayed "

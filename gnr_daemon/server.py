@@ -49,7 +49,6 @@ from .protocol import (
     PayloadError,
     PeerClosed,
     encode_payload,
-    is_timeout,
 )
 
 __all__ = ["DaemonServer", "ShutdownInterrupt"]
@@ -95,16 +94,38 @@ def _check_request(request):
     return call_id, site, method, args, kwargs
 
 
-class _Connection:
-    """State of one client connection, as seen by the shutdown sequence."""
+# Phases of a connection, each with its own deadline (see _check_deadlines).
+_HANDSHAKE, _IDLE, _BUSY = "handshake", "idle", "busy"
 
-    __slots__ = ("channel", "greenlet", "busy", "peer")
+
+class _DeadlineExpired(BaseException):
+    """Thrown into a connection greenlet whose current phase ran past its deadline."""
+
+    def __init__(self, phase, limit):
+        super().__init__(phase, limit)
+        self.phase = phase
+        self.limit = limit
+
+
+class _Connection:
+    """State of one client connection, as seen by the deadline check and the shutdown."""
+
+    __slots__ = ("channel", "greenlet", "phase", "since", "expired", "peer")
 
     def __init__(self, channel, peer):
         self.channel = channel
         self.peer = peer
         self.greenlet = gevent.getcurrent()
-        self.busy = False
+        self.enter(_HANDSHAKE)
+
+    def enter(self, phase):
+        self.phase = phase
+        self.since = time.monotonic()
+        self.expired = False
+
+    @property
+    def busy(self):
+        return self.phase == _BUSY
 
 
 class DaemonServer:
@@ -124,6 +145,7 @@ class DaemonServer:
         self._address = None
         self._stopping = False
         self._stopped = None
+        self._deadline_timer = None
         self._save_on_stop = False
         self._signal_count = 0
         self.calls_served = 0
@@ -215,12 +237,53 @@ class DaemonServer:
         pool = gevent.pool.Pool(self.settings.max_connections + _REJECT_MARGIN)
         self._server = StreamServer(listener, self._handle, spawn=pool)
         self._server.start()
+        tick = self._deadline_tick()
+        self._deadline_timer = gevent.get_hub().loop.timer(tick, tick)
+        self._deadline_timer.start(self._check_deadlines)
         self._stopped = gevent.event.Event()
         signing = "on" if self._key else "OFF"
         log.info(
             "gnr_daemon listening on %s (pid %d, store %s, HMAC signing %s)",
             self.address_text, os.getpid(), self.daemon._store.url, signing,
         )
+
+    def _deadline_tick(self):
+        settings = self.settings
+        shortest = min(settings.handshake_timeout, settings.read_timeout, settings.call_timeout,
+                       settings.idle_timeout)
+        return min(max(shortest / 4, 0.02), 1.0)
+
+    def _check_deadlines(self):
+        """Throw _DeadlineExpired into connections whose phase ran too long.
+
+        One periodic timer of the hub serves every connection, so no timer is
+        started or allocated per call or per socket wait. The timer callback
+        runs in the hub, where every connection greenlet is parked at its
+        current wait; ``throw`` raises there at once. A deadline is therefore
+        enforced with up to one tick of delay (at most 1 s).
+        """
+        settings = self.settings
+        now = time.monotonic()
+        for conn in list(self._connections):
+            if conn.expired:
+                continue
+            phase, started = conn.phase, conn.since
+            if phase == _IDLE:
+                frame_started = conn.channel.frame_started
+                if frame_started is not None and frame_started >= started:
+                    phase, started, limit = "read", frame_started, settings.read_timeout
+                else:
+                    limit = settings.idle_timeout
+            elif phase == _HANDSHAKE:
+                limit = settings.handshake_timeout
+            else:
+                limit = settings.call_timeout
+            if now - started > limit:
+                conn.expired = True
+                try:
+                    conn.greenlet.throw(_DeadlineExpired(phase, limit))
+                except Exception:
+                    log.exception("ending the expired %s phase of %s failed", phase, conn.peer)
 
     def serve_forever(self):
         """Start if needed, then block until the server has stopped."""
@@ -278,6 +341,8 @@ class DaemonServer:
             conn.greenlet.kill(ShutdownInterrupt, block=False)
         gevent.joinall([conn.greenlet for conn in list(self._connections)], timeout=2)
 
+        if self._deadline_timer is not None:
+            self._deadline_timer.stop()
         self.daemon._stop_all_sites(self._save_on_stop)
         log.info("gnr_daemon stopped%s", " (state saved)" if self._save_on_stop else "")
         if self._stopped is not None:
@@ -344,18 +409,22 @@ class DaemonServer:
 
     def _serve_connection(self, conn):
         channel = conn.channel
-        settings = self.settings
         try:
-            channel.server_handshake(settings.handshake_timeout)
+            channel.server_handshake(None)
+        except _DeadlineExpired as exc:
+            self._reject_expired(conn, exc)
+            return
         except (ProtocolError, OSError) as exc:
             self._reject(conn, exc, "handshake")
             return
 
-        timer = gevent.Timeout(settings.call_timeout)
         while not self._stopping:
-            conn.busy = False
+            conn.enter(_IDLE)
             try:
-                kind, request = channel.receive(settings.idle_timeout, settings.read_timeout)
+                kind, request = channel.receive(None, None)
+            except _DeadlineExpired as exc:
+                self._reject_expired(conn, exc)
+                return
             except PeerClosed as exc:
                 if exc.received:
                     self._reject(conn, exc, "frame")
@@ -365,29 +434,41 @@ class DaemonServer:
                 return
             except PayloadError as exc:
                 # The tag checked out but the payload did not unpickle: the
-                # peer holds the key, so it gets an error reply and may go on.
-                conn.busy = True
+                # peer has the key, so it gets an error reply and may go on.
+                conn.enter(_BUSY)
                 self.protocol_errors += 1
                 log.warning("invalid request payload from %s: %s", conn.peer, exc)
                 error = ProtocolError(f"invalid request payload: {exc}")
                 channel.send_payload(KIND_RESPONSE, encode_payload(_failure(None, error, False)))
                 continue
-            conn.busy = True
+            conn.enter(_BUSY)
             if kind != KIND_REQUEST:
                 self._reject(conn, ProtocolError(f"unexpected frame kind {kind} from a client"), "frame")
                 return
-            channel.send_payload(KIND_RESPONSE, self._run_request(request, timer))
+            reply = self._run_request(request)
+            try:
+                channel.send_payload(KIND_RESPONSE, reply)
+            except _DeadlineExpired:
+                log.warning("sending a reply to %s took longer than the call timeout; "
+                            "connection closed", conn.peer)
+                return
+
+    def _reject_expired(self, conn, exc):
+        """Close a connection whose handshake, idle wait or frame read ran past its deadline."""
+        if exc.phase == _HANDSHAKE:
+            log.warning("dropped %s: no hello within %.1f s", conn.peer, exc.limit)
+        elif exc.phase == "read":
+            log.warning("dropped %s: frame not received completely within %.1f s",
+                        conn.peer, exc.limit)
+        else:
+            log.debug("closed %s: idle for %.1f s", conn.peer, exc.limit)
+        conn.channel.send_error(
+            f"ProtocolError: timed out after {exc.limit:g} s waiting for data ({exc.phase}); "
+            "connection closed"
+        )
 
     def _reject(self, conn, exc, stage):
         """Answer a failed handshake or frame with plain text, log it, count it."""
-        if is_timeout(exc):
-            if stage == "handshake":
-                log.warning("dropped %s: no hello within %.1f s", conn.peer,
-                            self.settings.handshake_timeout)
-            else:
-                log.debug("closed %s: idle or incomplete frame timed out", conn.peer)
-            conn.channel.send_error("ProtocolError: timed out waiting for data; connection closed")
-            return
         if isinstance(exc, OSError) and not isinstance(exc, GnrDaemonError):
             if exc.errno not in (errno.ECONNRESET, errno.EPIPE, errno.EBADF, None):
                 log.warning("connection error with %s: %s", conn.peer, exc)
@@ -399,7 +480,7 @@ class DaemonServer:
         log.warning("rejected %s from %s: %s", stage, conn.peer, exc)
         conn.channel.send_error(f"{type(exc).__name__}: {exc}")
 
-    def _run_request(self, request, timer):
+    def _run_request(self, request):
         """Run one decoded request and return the pickled reply payload."""
         call_id = request[0] if isinstance(request, tuple) and request else None
         try:
@@ -410,19 +491,13 @@ class DaemonServer:
 
         self.calls_served += 1
         try:
-            timer.start()
-            try:
-                result = self.daemon._call(site, method, args, kwargs)
-            finally:
-                timer.cancel()
+            result = self.daemon._call(site, method, args, kwargs)
             return encode_payload((call_id, True, result))
-        except gevent.Timeout as exc:
-            if exc is not timer:
-                raise
+        except _DeadlineExpired:
             self.call_errors += 1
             log.warning("call %s on site %r timed out after %.1f s", method, site,
                         self.settings.call_timeout)
-            error = CallTimeout(f"{method} did not complete within {self.settings.call_timeout} s "
+            error = CallTimeout(f"{method} did not complete within {self.settings.call_timeout:g} s "
                                 "(daemon call timeout)")
             return encode_payload(_failure(call_id, error, False))
         except ShutdownInterrupt:

@@ -125,3 +125,20 @@ def test_route_hook_keeps_rule():
 
 def test_route_hook_none_resolves_target():
     assert dispatch(Routed(), "own", (), {}) == "own"
+
+
+def test_instance_function_never_cached():
+    first = Target()
+    with pytest.raises(MethodNotFound):
+        resolve_method(first, "instance_function")
+    second = Target.__new__(Target)
+    with pytest.raises(MethodNotFound):
+        resolve_method(second, "instance_function")
+
+
+def test_instance_dict_shadowing_rejected():
+    target = Target()
+    assert resolve_method(target, "public")(2) == 4
+    target.public = lambda value=1: "shadowed"
+    with pytest.raises(MethodNotFound):
+        resolve_method(target, "public")
