@@ -5,13 +5,19 @@ Imported only after ``gevent.monkey.patch_all()`` has run.
 
 import logging
 import os
+import signal
 import stat
 import sys
+
+import gevent
 
 from . import __version__
 from .cli import configure_logging
 from .config import RECOMMENDED_KEY_LENGTH, is_loopback_host, load_settings
 from .errors import ConfigurationError
+from .metrics import start_metrics
+from .systemd import notify_ready
+from .tls import server_context
 
 __all__ = ["run_daemon"]
 
@@ -33,8 +39,44 @@ def _check_key_file(path):
                     path, stat.S_IMODE(mode))
 
 
-def run_daemon(arguments, overrides):
-    """Run the daemon in the foreground; return the exit status."""
+class _EarlySignals:
+    """SIGTERM and SIGINT handling from the first moment of start-up.
+
+    A signal that arrives before the server listens is remembered, and the
+    daemon exits instead of starting to serve; once the server exists, the
+    signal starts its shutdown; a second signal exits at once.
+    """
+
+    def __init__(self):
+        import gevent
+
+        self.server = None
+        self.received = None
+        self.count = 0
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            gevent.signal_handler(signum, self._on_signal, signum)
+
+    def _on_signal(self, signum):
+        self.count += 1
+        name = signal.Signals(signum).name
+        if self.count > 1:
+            log.warning("%s received again: exiting without waiting for calls in flight", name)
+            logging.shutdown()
+            os._exit(1)
+        self.received = name
+        if self.server is not None:
+            log.info("%s received: shutting down", name)
+            self.server.request_stop()
+        else:
+            log.info("%s received during start-up: exiting", name)
+
+
+def run_daemon(arguments, overrides, daemon_class=None):
+    """Run the daemon in the foreground; return the exit status.
+
+    ``daemon_class`` replaces ``Daemon`` (tests use it to add methods).
+    """
+    signals = _EarlySignals()
     from .daemon import Daemon
     from .server import DaemonServer
     from .store import open_store
@@ -43,7 +85,15 @@ def run_daemon(arguments, overrides):
         settings = load_settings(overrides)
     except ConfigurationError as exc:
         return _fail(str(exc), 2)
-    configure_logging(settings.log_level)
+    tls_context = None
+    if settings.tls_cert or settings.tls_key:
+        try:
+            tls_context = server_context(settings.tls_cert, settings.tls_key, settings.tls_ca)
+        except ConfigurationError as exc:
+            return _fail(str(exc))
+    configure_logging(settings.log_level, settings.log_format)
+    if signals.received:
+        return 0
 
     try:
         key = settings.key_bytes()
@@ -76,19 +126,58 @@ def run_daemon(arguments, overrides):
         log.info("HMAC signing off (no key configured)")
 
     try:
-        store = open_store(settings.store)
+        store = open_store(settings.store, hmac_key=key)
     except ConfigurationError as exc:
         return _fail(str(exc), 2)
 
-    daemon = Daemon(store, settings.state_dir)
-    server = DaemonServer(daemon, settings, key=key)
-    server.install_signal_handlers()
+    if tls_context is not None:
+        log.info("TLS on: certificate %s%s", settings.tls_cert,
+                 f", client certificates required (CA {settings.tls_ca})" if settings.tls_ca else "")
+
+    daemon = (daemon_class or Daemon)(store, settings.state_dir)
+    server = DaemonServer(daemon, settings, key=key, tls_context=tls_context)
     log.info("gnr_daemon %s starting (store %s, state directory %s)",
              __version__, store.url, settings.state_dir)
+    if signals.received:
+        store.close()
+        return 0
     try:
         server.start()
     except OSError as exc:
+        store.close()
         return _fail(str(exc))
+    signals.server = server
+    if signals.received:
+        server.request_stop()
+
+    metrics = None
+    if settings.metrics_port is not None:
+        try:
+            metrics = start_metrics(server, settings.metrics_host, settings.metrics_port)
+        except (ConfigurationError, OSError) as exc:
+            server.stop(drain_timeout=0)
+            store.close()
+            return _fail(str(exc))
+
+    gevent.spawn(_announce_ready, server, store)
     server.serve_forever()
+    if metrics is not None:
+        metrics.stop()
     store.close()
     return 0
+
+
+def _announce_ready(server, store, interval=0.5):
+    """Tell systemd the daemon is ready once it listens and its store answers."""
+    waited = 0.0
+    while not server._stopping:
+        health = store.health()
+        if health.get("ok"):
+            notify_ready(f"listening on {server.address_text}, store {store.url}")
+            log.info("ready: listening on %s, store %s answers", server.address_text, store.url)
+            return
+        if waited == 0.0:
+            log.warning("store %s does not answer yet (%s); ready once it does",
+                        store.url, health.get("detail"))
+        gevent.sleep(interval)
+        waited += interval

@@ -40,7 +40,17 @@ Options:
   --drain-timeout=SECONDS      Time calls in flight get at shutdown (default 10).
   --timeout=SECONDS            Client-side call timeout of this command (default 30).
   --insecure                   Allow a non-loopback address without a key.
+  --socket-group=GROUP         Group that owns the Unix socket (its mode is 0660).
+  --tls                        Client commands: connect with TLS.
+  --tls-cert=PATH              PEM certificate: the daemon's (start), or the client's own.
+  --tls-key=PATH               PEM private key of --tls-cert.
+  --tls-ca=PATH                PEM CA bundle: start requires client certificates signed by
+                               it; client commands verify the daemon with it.
+  --metrics-port=PORT          Serve Prometheus metrics on this port (needs the
+                               prometheus extra); off when unset.
+  --metrics-host=HOST          Address of the metrics endpoint (default 127.0.0.1).
   --log-level=LEVEL            DEBUG, INFO, WARNING or ERROR (default INFO).
+  --log-format=FORMAT          plain (one text line per record) or json (default plain).
   --site=NAME                  With call: the site whose register runs METHOD.
   --savestatus                 With stop: save register state before stopping.
   --json                       With status: print JSON.
@@ -93,7 +103,15 @@ _OPTION_SETTINGS = {
     "--drain-timeout": "drain_timeout",
     "--timeout": "timeout",
     "--insecure": "insecure",
+    "--socket-group": "socket_group",
+    "--tls": "tls",
+    "--tls-cert": "tls_cert",
+    "--tls-key": "tls_key",
+    "--tls-ca": "tls_ca",
+    "--metrics-port": "metrics_port",
+    "--metrics-host": "metrics_host",
     "--log-level": "log_level",
+    "--log-format": "log_format",
 }
 
 _LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -162,10 +180,34 @@ def _parse_call_arguments(raw_arguments):
     return args, kwargs
 
 
-def configure_logging(level):
-    """Send log lines to stderr, one line each, flushed as they are written."""
+class JsonFormatter(logging.Formatter):
+    """Format each record as one JSON object on one line, for log shippers."""
+
+    def format(self, record):
+        entry = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            "pid": record.process,
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def configure_logging(level, log_format="plain"):
+    """Send log records to stderr, one line each, flushed as they are written.
+
+    StreamHandler flushes after every record, so lines reach a pipe (systemd's
+    journal, supervisor's log file) at once even though stderr is then block
+    buffered by Python.
+    """
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(_LOG_FORMAT))
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter(_LOG_FORMAT))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -224,7 +266,9 @@ def _run_client_command(arguments):
         client = DaemonClient(host=overrides["host"], port=overrides["port"],
                               socket=overrides["socket"], hmac_key=overrides["hmac_key"],
                               hmac_key_file=overrides["hmac_key_file"],
-                              timeout=overrides["timeout"])
+                              timeout=overrides["timeout"], tls=overrides["tls"],
+                              tls_ca=overrides["tls_ca"], tls_cert=overrides["tls_cert"],
+                              tls_key=overrides["tls_key"])
     except ConfigurationError as exc:
         return _fail(str(exc), 2)
 

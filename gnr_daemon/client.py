@@ -24,13 +24,16 @@ import logging
 import os
 import select
 import socket
+import ssl
 import sys
 import threading
 import weakref
 from urllib.parse import urlsplit
 
 from .config import load_settings
+from .tls import client_context
 from .errors import (
+    AuthenticationError,
     CallTimeout,
     ConfigurationError,
     DaemonUnavailable,
@@ -74,9 +77,10 @@ def parse_daemon_url(url):
             raise ConfigurationError(f"invalid daemon URL {url!r}: a unix URL needs a path, "
                                      "for example unix:///run/gnrdaemon/gnrd.sock")
         return {"socket": parts.path}
-    if parts.scheme != "gnrd":
+    if parts.scheme not in ("gnrd", "gnrds"):
         raise ConfigurationError(
-            f"invalid daemon URL {url!r}: the scheme must be gnrd:// (TCP) or unix:// (socket)"
+            f"invalid daemon URL {url!r}: the scheme must be gnrd:// (TCP), gnrds:// (TCP "
+            "with TLS) or unix:// (socket)"
         )
     try:
         port = parts.port
@@ -89,6 +93,8 @@ def parse_daemon_url(url):
     settings = {"host": parts.hostname}
     if port is not None:
         settings["port"] = port
+    if parts.scheme == "gnrds":
+        settings["tls"] = True
     return settings
 
 
@@ -218,13 +224,15 @@ class DaemonClient:
     """
 
     def __init__(self, host=None, port=None, socket=None, hmac_key=None, timeout=None,
-                 pool_size=None, hmac_key_file=None, connect_timeout=None,
+                 pool_size=None, hmac_key_file=None, connect_timeout=None, tls=None,
+                 tls_ca=None, tls_cert=None, tls_key=None,
                  use_environment=True, use_config_file=True):
         if isinstance(hmac_key, bytes):
             hmac_key = hmac_key.decode("utf-8")
         settings = load_settings(
             {"host": host, "port": port, "socket": socket, "hmac_key": hmac_key,
-             "hmac_key_file": hmac_key_file, "timeout": timeout},
+             "hmac_key_file": hmac_key_file, "timeout": timeout, "tls": tls or None,
+             "tls_ca": tls_ca, "tls_cert": tls_cert, "tls_key": tls_key},
             use_environment=use_environment, use_config_file=use_config_file,
         )
         self.host = settings.host.strip("[]")
@@ -233,6 +241,9 @@ class DaemonClient:
         self.timeout = settings.timeout
         self.connect_timeout = connect_timeout or min(self.timeout, 10.0)
         self._key = settings.key_bytes()
+        self._tls_context = None
+        if (settings.tls or settings.tls_ca or settings.tls_cert) and not self.socket_path:
+            self._tls_context = client_context(settings.tls_ca, settings.tls_cert, settings.tls_key)
         self.max_frame_size = settings.max_frame_size
         self._ids = itertools.count(1)
         self._pool = ConnectionPool(self._open_connection, pool_size or DEFAULT_POOL_SIZE)
@@ -253,8 +264,9 @@ class DaemonClient:
 
     def __repr__(self):
         signed = "signed" if self._key else "unsigned"
+        tls = " tls" if self._tls_context is not None else ""
         state = "closed" if self._closed else "open"
-        return f"<DaemonClient {self.address_text} {signed} {state}>"
+        return f"<DaemonClient {self.address_text} {signed}{tls} {state}>"
 
     def __enter__(self):
         return self
@@ -278,6 +290,13 @@ class DaemonClient:
             else:
                 sock = socket.create_connection((self.host, self.port), timeout=self.connect_timeout)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                if self._tls_context is not None:
+                    sock = self._tls_context.wrap_socket(sock, server_hostname=self.host)
+        except ssl.SSLError as exc:
+            raise AuthenticationError(
+                f"TLS handshake with gnr_daemon at {self.address_text} failed: {exc.reason or exc}; "
+                "check the CA (tls_ca) and, for mutual TLS, the client certificate"
+            ) from None
         except OSError as exc:
             reason = exc.strerror or str(exc) or type(exc).__name__
             raise DaemonUnavailable(

@@ -86,6 +86,13 @@ def _parse_log_level(value):
     return level
 
 
+def _parse_log_format(value):
+    text = str(value).lower()
+    if text not in ("plain", "json"):
+        raise ValueError(f"{value!r} is not a log format (plain or json)")
+    return text
+
+
 def default_state_dir():
     """Return the default state directory: systemd's, else the XDG one."""
     if os.environ.get("STATE_DIRECTORY"):
@@ -145,6 +152,23 @@ SETTINGS = (
             "logging level"),
     Setting("insecure", _parse_bool, False, "GNR_DAEMON_INSECURE", "--insecure",
             "allow a non-loopback address without a key"),
+    Setting("socket_group", str, None, "GNR_DAEMON_SOCKET_GROUP", "--socket-group",
+            "group that owns the Unix socket (mode 0660)"),
+    Setting("tls", _parse_bool, False, "GNR_DAEMON_TLS", "--tls",
+            "client side: connect with TLS (gnrds:// URLs set it)"),
+    Setting("tls_cert", str, None, "GNR_DAEMON_TLS_CERT", "--tls-cert",
+            "PEM certificate chain: the daemon's (start) or the client's own (mutual TLS)"),
+    Setting("tls_key", str, None, "GNR_DAEMON_TLS_KEY", "--tls-key",
+            "PEM private key of --tls-cert"),
+    Setting("tls_ca", str, None, "GNR_DAEMON_TLS_CA", "--tls-ca",
+            "PEM CA bundle: the daemon requires client certificates signed by it; "
+            "the client verifies the daemon with it"),
+    Setting("metrics_port", _parse_port, None, "GNR_DAEMON_METRICS_PORT", "--metrics-port",
+            "port of the Prometheus endpoint (needs prometheus-client); off when unset"),
+    Setting("metrics_host", str, "127.0.0.1", "GNR_DAEMON_METRICS_HOST", "--metrics-host",
+            "address of the Prometheus endpoint"),
+    Setting("log_format", _parse_log_format, "plain", "GNR_DAEMON_LOG_FORMAT", "--log-format",
+            "plain (one line of text per record) or json (one JSON object per line)"),
 )
 
 _BY_NAME = {setting.name: setting for setting in SETTINGS}

@@ -20,11 +20,12 @@ drain timeout, cancel the rest with an error reply, save state when asked,
 and return from ``serve_forever``.
 """
 
+import collections
 import errno
 import logging
 import os
-import signal
 import socket
+import ssl
 import stat
 import time
 
@@ -42,6 +43,7 @@ from .errors import (
     ProtocolError,
     describe_exception,
 )
+from .systemd import notify_stopping
 from .protocol import (
     KIND_REQUEST,
     KIND_RESPONSE,
@@ -128,6 +130,30 @@ class _Connection:
         return self.phase == _BUSY
 
 
+def _auth_failure_reason(message):
+    """Return a short, fixed reason name for an authentication failure message."""
+    if "tag does not match" in message:
+        return "bad_tag"
+    if "unsigned frame" in message:
+        return "unsigned"
+    if "key" in message:
+        return "key_mismatch"
+    return "other"
+
+
+def _set_socket_group(path, group):
+    """Give the socket file at ``path`` to ``group`` (a name or a number)."""
+    import grp
+
+    try:
+        gid = int(group) if str(group).isdigit() else grp.getgrnam(group).gr_gid
+        os.chown(path, -1, gid)
+    except KeyError:
+        raise OSError(f"cannot give {path} to group {group!r}: no such group") from None
+    except OSError as exc:
+        raise OSError(f"cannot give {path} to group {group!r}: {exc.strerror}") from None
+
+
 class DaemonServer:
     """Serve a ``Daemon`` root object over TCP or a Unix socket.
 
@@ -135,10 +161,11 @@ class DaemonServer:
     bytes or None.
     """
 
-    def __init__(self, daemon, settings, key=None):
+    def __init__(self, daemon, settings, key=None, tls_context=None):
         self.daemon = daemon
         self.settings = settings
         self._key = key
+        self._tls_context = tls_context
         self._connections = set()
         self._server = None
         self._listener = None
@@ -147,10 +174,11 @@ class DaemonServer:
         self._stopped = None
         self._deadline_timer = None
         self._save_on_stop = False
-        self._signal_count = 0
         self.calls_served = 0
         self.call_errors = 0
+        self.call_timeouts = 0
         self.auth_failures = 0
+        self.auth_failures_by_reason = collections.Counter()
         self.protocol_errors = 0
         self.rejected_connections = 0
         daemon._server = self
@@ -182,24 +210,31 @@ class DaemonServer:
         return self._bind_tcp(host, self.settings.port)
 
     def _bind_tcp(self, host, port):
+        # An empty host means every IPv4 interface, stated explicitly: left to
+        # the resolver, some platforms would listen on IPv6 only.
         host = host.strip("[]") if host else "0.0.0.0"
         try:
             infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
         except socket.gaierror as exc:
             raise OSError(f"cannot resolve listen address {host!r}: {exc.strerror}") from None
-        family, socktype, proto, _name, sockaddr = infos[0]
-        listener = gevent.socket.socket(family, socktype, proto)
-        try:
-            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:
-                listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            listener.bind(sockaddr)
-            listener.listen(_LISTEN_BACKLOG)
-        except OSError as exc:
-            listener.close()
-            raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from None
-        self._address = listener.getsockname()[:2]
-        return listener
+        failures = []
+        # The first address that binds wins, in the resolver's order, which is
+        # the order a client's create_connection() tries them in.
+        for family, socktype, proto, _name, sockaddr in infos:
+            listener = gevent.socket.socket(family, socktype, proto)
+            try:
+                listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                listener.bind(sockaddr)
+                listener.listen(_LISTEN_BACKLOG)
+            except OSError as exc:
+                listener.close()
+                failures.append(f"{sockaddr[0]}: {exc.strerror or exc}")
+                continue
+            self._address = listener.getsockname()[:2]
+            return listener
+        raise OSError(f"cannot listen on {host} port {port}: {'; '.join(failures)}")
 
     def _bind_unix(self, path):
         if os.path.exists(path):
@@ -226,6 +261,8 @@ class DaemonServer:
         finally:
             os.umask(old_umask)
         os.chmod(path, 0o660)
+        if self.settings.socket_group:
+            _set_socket_group(path, self.settings.socket_group)
         listener.listen(_LISTEN_BACKLOG)
         self._address = path
         return listener
@@ -242,9 +279,10 @@ class DaemonServer:
         self._deadline_timer.start(self._check_deadlines)
         self._stopped = gevent.event.Event()
         signing = "on" if self._key else "OFF"
+        tls = "on" if self._tls_context is not None else "off"
         log.info(
-            "gnr_daemon listening on %s (pid %d, store %s, HMAC signing %s)",
-            self.address_text, os.getpid(), self.daemon._store.url, signing,
+            "gnr_daemon listening on %s (pid %d, store %s, HMAC signing %s, TLS %s)",
+            self.address_text, os.getpid(), self.daemon._store.url, signing, tls,
         )
 
     def _deadline_tick(self):
@@ -291,20 +329,6 @@ class DaemonServer:
             self.start()
         self._stopped.wait()
 
-    def install_signal_handlers(self):
-        """Make SIGTERM and SIGINT stop the server; a second signal forces the exit."""
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            gevent.signal_handler(signum, self._on_signal, signum)
-
-    def _on_signal(self, signum):
-        self._signal_count += 1
-        name = signal.Signals(signum).name
-        if self._signal_count > 1:
-            log.warning("%s received again: exiting without waiting for calls in flight", name)
-            os._exit(1)
-        log.info("%s received: shutting down", name)
-        self.request_stop()
-
     # shutdown
 
     def request_stop(self, save_status=False):
@@ -317,6 +341,9 @@ class DaemonServer:
     def stop(self, drain_timeout=None):
         """Stop accepting, drain calls in flight, close connections, save state if asked."""
         self._stopping = True
+        notify_stopping()
+        log.info("shutting down: no new connections; waiting up to %.1f s for calls in flight",
+                 self.settings.drain_timeout if drain_timeout is None else drain_timeout)
         drain_timeout = self.settings.drain_timeout if drain_timeout is None else drain_timeout
         if self._server is not None:
             self._server.close()
@@ -359,9 +386,11 @@ class DaemonServer:
         return {
             "address": self.address_text,
             "signing": bool(self._key),
+            "tls": self._tls_context is not None,
             "connections": len(self._connections),
             "calls_served": self.calls_served,
             "call_errors": self.call_errors,
+            "call_timeouts": self.call_timeouts,
             "auth_failures": self.auth_failures,
             "protocol_errors": self.protocol_errors,
             "rejected_connections": self.rejected_connections,
@@ -379,6 +408,9 @@ class DaemonServer:
             self.rejected_connections += 1
             log.warning("rejected connection from %s: %d connections open (limit %d)",
                         peer, len(self._connections), self.settings.max_connections)
+            if self._tls_context is not None:
+                sock.close()  # no plain text can reach a TLS client before its handshake
+                return
             channel = Channel(sock, "server", peer=peer)
             channel.send_error(
                 f"DaemonUnavailable: too many connections (limit {self.settings.max_connections}); "
@@ -388,6 +420,10 @@ class DaemonServer:
             return
         if sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self._tls_context is not None:
+            # The TLS handshake runs in _serve_connection, under the handshake deadline.
+            sock = self._tls_context.wrap_socket(sock, server_side=True,
+                                                 do_handshake_on_connect=False)
         channel = Channel(sock, "server", key=self._key,
                           max_frame_size=self.settings.max_frame_size, peer=peer)
         conn = _Connection(channel, peer)
@@ -410,6 +446,8 @@ class DaemonServer:
     def _serve_connection(self, conn):
         channel = conn.channel
         try:
+            if self._tls_context is not None:
+                channel.sock.do_handshake()
             channel.server_handshake(None)
         except _DeadlineExpired as exc:
             self._reject_expired(conn, exc)
@@ -469,12 +507,18 @@ class DaemonServer:
 
     def _reject(self, conn, exc, stage):
         """Answer a failed handshake or frame with plain text, log it, count it."""
+        if isinstance(exc, ssl.SSLError):
+            self.auth_failures += 1
+            self.auth_failures_by_reason["tls"] += 1
+            log.warning("TLS handshake with %s failed: %s", conn.peer, exc)
+            return
         if isinstance(exc, OSError) and not isinstance(exc, GnrDaemonError):
             if exc.errno not in (errno.ECONNRESET, errno.EPIPE, errno.EBADF, None):
                 log.warning("connection error with %s: %s", conn.peer, exc)
             return
         if type(exc).__name__ == "AuthenticationError":
             self.auth_failures += 1
+            self.auth_failures_by_reason[_auth_failure_reason(str(exc))] += 1
         else:
             self.protocol_errors += 1
         log.warning("rejected %s from %s: %s", stage, conn.peer, exc)
@@ -495,6 +539,7 @@ class DaemonServer:
             return encode_payload((call_id, True, result))
         except _DeadlineExpired:
             self.call_errors += 1
+            self.call_timeouts += 1
             log.warning("call %s on site %r timed out after %.1f s", method, site,
                         self.settings.call_timeout)
             error = CallTimeout(f"{method} did not complete within {self.settings.call_timeout:g} s "

@@ -21,6 +21,8 @@ import pytest
 from gnr_daemon.client import DaemonClient
 from gnr_daemon.config import load_settings
 
+pytest_plugins = ["redis_fixtures"]
+
 TEST_KEY = "test-key-0123456789abcdef0123456789abcdef"
 OTHER_KEY = "other-key-0123456789abcdef0123456789abcdef"
 
@@ -151,16 +153,18 @@ def client(daemon):
 # -- subprocess daemons ------------------------------------------------------
 
 _LISTEN_LINE = re.compile(r"listening on (\S+):(\d+) ")
+SLOW_DAEMON = [sys.executable, os.path.join(os.path.dirname(__file__), "helpers", "slow_daemon.py")]
 
 
 class DaemonProcess:
     """``python -m gnr_daemon start`` in a subprocess; stderr collected in a file."""
 
-    def __init__(self, args, env, log_path):
+    def __init__(self, args, env, log_path, program=None):
         self.log_path = log_path
         self._log = open(log_path, "wb")
+        program = program or [sys.executable, "-m", "gnr_daemon"]
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "gnr_daemon", "start", *args],
+            [*program, "start", *args],
             stdout=self._log, stderr=subprocess.STDOUT, env=env,
         )
         self.port = None
@@ -214,10 +218,10 @@ def clean_environment(tmp_path, **extra):
 def start_daemon_process(tmp_path):
     started = []
 
-    def start(*args, env=None, wait=True):
+    def start(*args, env=None, wait=True, program=None):
         env = env if env is not None else clean_environment(tmp_path)
         log_path = tmp_path / f"daemon{len(started)}.log"
-        process = DaemonProcess(list(args), env, log_path)
+        process = DaemonProcess(list(args), env, log_path, program=program)
         started.append(process)
         if wait:
             process.wait_listening()
