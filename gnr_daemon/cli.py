@@ -296,8 +296,7 @@ def _client_command(client, arguments):
         if arguments["--json"]:
             print(json.dumps(status, default=str, indent=2, sort_keys=True))
         else:
-            for name in sorted(status):
-                print(f"{name}: {status[name]}")
+            _print_status(status)
         return 0
     if arguments["sites"]:
         for sitename, info in client.siteRegisters():
@@ -317,6 +316,28 @@ def _client_command(client, arguments):
         _print_result(result)
         return 0
     raise UsageError("no command given")
+
+
+def _print_status(status):
+    health = status.get("store_health") or {}
+    store_state = "ok" if health.get("ok") else f"NOT OK: {health.get('detail')}"
+    print(f"gnr_daemon {status.get('version')} (pid {status.get('pid')}), "
+          f"up {status.get('uptime', 0):.0f} s")
+    print(f"address: {status.get('address')}")
+    print(f"store: {status.get('store')} ({store_state})")
+    print(f"HMAC signing: {'on' if status.get('signing') else 'off'}, "
+          f"TLS: {'on' if status.get('tls') else 'off'}")
+    print(f"connections: {status.get('connections')} open, "
+          f"{status.get('rejected_connections', 0)} rejected at the limit")
+    print(f"calls: {status.get('calls_served')} served, {status.get('call_errors')} failed, "
+          f"{status.get('call_timeouts', 0)} timed out; "
+          f"{status.get('auth_failures')} authentication failures, "
+          f"{status.get('protocol_errors')} protocol errors")
+    counters = status.get("site_counters") or {}
+    print(f"sites: {status.get('sites')}")
+    for sitename, values in counters.items():
+        print(f"  {sitename}: users={values.get('users')} connections={values.get('connections')} "
+              f"pages={values.get('pages')}")
 
 
 def _print_result(result):

@@ -130,6 +130,14 @@ class Daemon:
     def _site_registers(self):
         return dict(self._sites)
 
+    @staticmethod
+    def _site_counters(register):
+        try:
+            return register.counters()
+        except Exception as exc:
+            log.warning("reading the counters of a site failed: %s", exc)
+            return {"error": str(exc)}
+
     def _resolve_storage_path(self, storage_path):
         """Return the absolute dump path for ``storage_path`` inside the state directory."""
         if storage_path is None:
@@ -343,6 +351,8 @@ class Daemon:
             "store_health": self._store.health(),
             "sites": len(self._sites),
             "site_names": sorted(self._sites),
+            "site_counters": {name: self._site_counters(register)
+                              for name, register in sorted(self._sites.items())},
             "state_dir": self._state_dir,
         }
         if self._server is not None:

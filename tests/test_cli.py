@@ -85,7 +85,8 @@ def test_signed_session_and_sites(tmp_path, start_daemon_process):
     assert sites.stdout.strip() == "demo\tusers=1\tconnections=1\tpages=1"
 
     status = gnrdaemon("status", *address(daemon), env=env)
-    assert "signing: True" in status.stdout
+    assert "HMAC signing: on" in status.stdout
+    assert "demo: users=1 connections=1 pages=1" in status.stdout
     assert TEST_KEY not in status.stdout
 
     assert gnrdaemon("stop", *address(daemon), env=env).returncode == 0
