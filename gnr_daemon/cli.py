@@ -147,9 +147,10 @@ def _check_option_values(argv):
         if token in _GUARDED_OPTIONS:
             following = argv[index + 1] if index + 1 < len(argv) else None
             if following is None or (following.startswith("-") and following != "-"):
-                shown = "nothing" if following is None else repr(following)
+                # The following word is not shown: it may be the key itself.
+                shown = "nothing" if following is None else "a word that starts with '-'"
                 return (f"{token} needs a value but is followed by {shown}: give the key "
-                        f"after {token} (or use GNR_DAEMON_HMAC_KEY / --hmac-key-file)")
+                        f"after {token}, or use GNR_DAEMON_HMAC_KEY or --hmac-key-file")
     return None
 
 
@@ -231,7 +232,7 @@ def main(argv=None):
         from gevent import monkey
 
         monkey.patch_all()
-        from ._start import run_daemon
+        from .startup import run_daemon
 
         return run_daemon(arguments, _overrides(arguments))
     if arguments["keygen"]:
@@ -258,19 +259,26 @@ def _keygen(path):
 
 def _run_client_command(arguments):
     from .client import DaemonClient
-    from .errors import AuthenticationError, ConfigurationError, GnrDaemonError
+    from .errors import AuthenticationError, ConfigurationError, GnrDaemonError, RemoteError
+
+    from .config import load_settings
 
     overrides = _overrides(arguments)
     configure_logging(overrides.get("log_level") or "WARNING")
+    try:
+        load_settings(overrides)
+    except ConfigurationError as exc:
+        return _fail(str(exc), 2)
     try:
         client = DaemonClient(host=overrides["host"], port=overrides["port"],
                               socket=overrides["socket"], hmac_key=overrides["hmac_key"],
                               hmac_key_file=overrides["hmac_key_file"],
                               timeout=overrides["timeout"], tls=overrides["tls"],
                               tls_ca=overrides["tls_ca"], tls_cert=overrides["tls_cert"],
-                              tls_key=overrides["tls_key"])
+                              tls_key=overrides["tls_key"],
+                              max_frame_size=overrides["max_frame_size"])
     except ConfigurationError as exc:
-        return _fail(str(exc), 2)
+        return _fail(str(exc))
 
     try:
         with client:
@@ -279,6 +287,9 @@ def _run_client_command(arguments):
         return _fail(str(exc), 2)
     except AuthenticationError as exc:
         return _fail(f"authentication failed: {exc}")
+    except RemoteError as exc:
+        # The text already starts with the remote class name.
+        return _fail(str(exc).splitlines()[0] if str(exc) else exc.remote_type)
     except GnrDaemonError as exc:
         first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         return _fail(f"{type(exc).__name__}: {first_line}")
@@ -374,7 +385,10 @@ def _stop(client, save_status):
 
     pid = client.status().get("pid")
     local = bool(client.socket_path) or is_loopback_host(client.host)
-    client.stop(saveStatus=save_status)
+    saved = client.stop(saveStatus=save_status) or {}
+    failures = {name: outcome for name, outcome in saved.items() if outcome.startswith("failed")}
+    for sitename, outcome in sorted(saved.items()):
+        print(f"site {sitename}: state {outcome}")
     # Wait (bounded) until the daemon is gone, so that a script can start a
     # new one right after this command returns. A local daemon is watched by
     # its pid; a remote one until it stops answering.
@@ -392,4 +406,7 @@ def _stop(client, save_status):
     else:
         return _fail(f"daemon at {client.address_text} is still running 60 s after the stop request")
     print(f"daemon at {client.address_text} stopped")
+    if failures:
+        return _fail(f"saving the state of {', '.join(sorted(failures))} failed; see the lines "
+                     "above and the daemon's log")
     return 0

@@ -225,14 +225,15 @@ class DaemonClient:
 
     def __init__(self, host=None, port=None, socket=None, hmac_key=None, timeout=None,
                  pool_size=None, hmac_key_file=None, connect_timeout=None, tls=None,
-                 tls_ca=None, tls_cert=None, tls_key=None,
+                 tls_ca=None, tls_cert=None, tls_key=None, max_frame_size=None,
                  use_environment=True, use_config_file=True):
         if isinstance(hmac_key, bytes):
             hmac_key = hmac_key.decode("utf-8")
         settings = load_settings(
             {"host": host, "port": port, "socket": socket, "hmac_key": hmac_key,
              "hmac_key_file": hmac_key_file, "timeout": timeout, "tls": tls or None,
-             "tls_ca": tls_ca, "tls_cert": tls_cert, "tls_key": tls_key},
+             "tls_ca": tls_ca, "tls_cert": tls_cert, "tls_key": tls_key,
+             "max_frame_size": max_frame_size},
             use_environment=use_environment, use_config_file=use_config_file,
         )
         self.host = settings.host.strip("[]")
@@ -310,6 +311,9 @@ class DaemonClient:
         except ProtocolError:
             channel.close()
             raise
+        except DaemonUnavailable as exc:
+            channel.close()
+            raise DaemonUnavailable(f"gnr_daemon at {self.address_text}: {exc}") from None
         except OSError as exc:
             channel.close()
             if is_timeout(exc):

@@ -66,9 +66,12 @@ def _parse_positive_int(value):
 
 
 def _parse_port(value):
-    number = int(value)
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{value!r} is not a TCP port number (0 to 65535)") from None
     if not 0 <= number <= 65535:
-        raise ValueError(f"{value!r} is not a TCP port (0 to 65535)")
+        raise ValueError(f"{value!r} is not a TCP port number (0 to 65535)")
     return number
 
 
@@ -198,11 +201,22 @@ class Settings:
         return f"<Settings {shown}>"
 
     def key_bytes(self):
-        """Return the HMAC key as bytes (from the key or the key file), or None."""
+        """Return the HMAC key as bytes (from the key or the key file), or None.
+
+        Raises ConfigurationError when the key file cannot be read or holds a
+        key shorter than MIN_KEY_LENGTH bytes.
+        """
         if self.hmac_key:
             return self.hmac_key.encode("utf-8")
         if self.hmac_key_file:
-            return read_key_file(self.hmac_key_file)
+            key = read_key_file(self.hmac_key_file)
+            if len(key) < MIN_KEY_LENGTH:
+                raise ConfigurationError(
+                    f"the HMAC key in {self.hmac_key_file} is shorter than {MIN_KEY_LENGTH} "
+                    f"bytes: write a random key of at least {RECOMMENDED_KEY_LENGTH} bytes into "
+                    "it (gnrdaemon keygen --file PATH makes one)"
+                )
+            return key
         return None
 
     def key_source(self):
@@ -282,6 +296,13 @@ def load_settings(overrides=None, environ=None, use_environment=True, use_config
             xml_values = _read_environment_xml(xml_path)
 
     values, sources = {}, {}
+    for name in ("GNR_DAEMON_HMAC_KEY", "GNR_DAEMON_HMAC_KEY_FILE"):
+        # An empty key variable is a mistake (a failed $(cat ...), say); taken
+        # as unset, it would quietly start an unsigned daemon.
+        if use_environment and name in environ and not environ[name].strip():
+            raise ConfigurationError(
+                f"{name} is set but empty: put the key (or the key file path) in it, or unset it"
+            )
     for setting in SETTINGS:
         raw, source = None, None
         if overrides.get(setting.name) is not None:
@@ -314,10 +335,11 @@ def _check_key(values, sources):
     if key is None:
         return
     source = sources.get("hmac_key")
-    if key.startswith("-"):
+    if key.startswith("-") and source.startswith("option"):
         raise ConfigurationError(
-            f"the HMAC key from {source} starts with '-' and looks like an option: give the "
-            "key a value (for example --hmac-key=KEY) or use GNR_DAEMON_HMAC_KEY"
+            f"the HMAC key from {source} starts with '-', so it could be another option taken "
+            "as the key: keys that start with '-' are accepted only from GNR_DAEMON_HMAC_KEY "
+            "or a key file"
         )
     if len(key.encode("utf-8")) < MIN_KEY_LENGTH:
         raise ConfigurationError(

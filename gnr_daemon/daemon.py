@@ -24,12 +24,18 @@ from .dispatch import check_method_name, dispatch
 from .errors import ConfigurationError, SiteNotFound, describe_exception
 from .registers import SiteRegister
 
-__all__ = ["Daemon", "MAX_SITENAME_LENGTH"]
+__all__ = ["Daemon", "MAX_SITENAME_LENGTH", "MAX_BATCH_CALLS"]
 
 log = logging.getLogger(__name__)
 
 #: Longest accepted site name (Genropy's ``sitename|domain`` included).
 MAX_SITENAME_LENGTH = 200
+
+#: Most calls one batch may carry.
+MAX_BATCH_CALLS = 10_000
+
+# A batch yields to other greenlets after this many calls.
+_BATCH_YIELD_EVERY = 50
 
 # The periodic cleanup wakes at least this often, in seconds, so that a
 # shorter interval set later with setConfiguration takes effect soon.
@@ -152,37 +158,54 @@ class Daemon:
             candidate = os.path.join(self._state_dir, candidate)
         resolved = os.path.realpath(candidate)
         state_dir = os.path.realpath(self._state_dir)
-        if os.path.commonpath([resolved, state_dir]) != state_dir or resolved == state_dir:
+        if resolved == state_dir or os.path.isdir(resolved):
             raise ConfigurationError(
-                f"storage_path {storage_path!r} is outside the daemon's state directory "
-                f"{self._state_dir}: pass a file name relative to it (for example "
-                "'mysite.pik') or start the daemon with --state-dir pointing at the folder"
+                f"storage_path {storage_path!r} is a directory: pass a file name inside the "
+                f"state directory {self._state_dir}, for example 'mysite.pik'"
             )
+        if os.path.commonpath([resolved, state_dir]) != state_dir:
+            via_link = " (through a symbolic link)" if resolved != os.path.abspath(candidate) else ""
+            raise ConfigurationError(
+                f"storage_path {storage_path!r} resolves to {resolved}{via_link}, outside the "
+                f"daemon's state directory {self._state_dir}: pass a file name relative to it "
+                "(for example 'mysite.pik') or start the daemon with --state-dir pointing at "
+                "the folder"
+            )
+        os.makedirs(os.path.dirname(resolved), mode=0o700, exist_ok=True)
         return resolved
 
+    def _save_site(self, sitename):
+        """Dump one site; return ``"saved"``, ``"no storage path"`` or the error text."""
+        register = self._sites[sitename]
+        path = register._info().get("storage_path")
+        if not path:
+            return "no storage path"
+        try:
+            register.dump()
+        except Exception as exc:
+            log.exception("site %r: saving the register to %s failed", sitename, path)
+            return f"failed: {type(exc).__name__}: {exc}"
+        return "saved"
+
     def _stop_site(self, sitename, save_status):
+        saved = self._save_site(sitename) if save_status else "not requested"
         register = self._sites.pop(sitename)
         cleaner = self._cleanup_greenlets.pop(sitename, None)
         if cleaner is not None:
             cleaner.kill(block=False)
         info = register._info()
-        if save_status and info.get("storage_path"):
-            try:
-                register.dump()
-            except Exception:
-                log.exception("site %r: saving the register to %s failed", sitename,
-                              info.get("storage_path"))
+        info["saved"] = saved
         register._close()
         if not getattr(self._store, "shared", False):
             # A process-local store forgets the site with its register; a
             # shared store keeps the state that other daemons still serve.
             self._store.drop_site(sitename)
-        log.info("site %r stopped%s", sitename, " (state saved)" if save_status else "")
+        log.info("site %r stopped (state %s)", sitename, saved)
         return info
 
     def _stop_all_sites(self, save_status):
-        for sitename in list(self._sites):
-            self._stop_site(sitename, save_status)
+        return {sitename: self._stop_site(sitename, save_status)["saved"]
+                for sitename in list(self._sites)}
 
     def _start_cleanup(self, sitename, register):
         self._cleanup_greenlets[sitename] = gevent.spawn(self._cleanup_loop, sitename, register)
@@ -223,8 +246,13 @@ class Daemon:
         if not isinstance(calls, (list, tuple)):
             raise ValueError(f"invalid batch: expected a list of (site, method, args, kwargs), "
                              f"got {type(calls).__name__}")
+        if len(calls) > MAX_BATCH_CALLS:
+            raise ValueError(f"invalid batch: {len(calls)} calls, more than the limit of "
+                             f"{MAX_BATCH_CALLS}; split it into several batches")
         results = []
         for index, call in enumerate(calls):
+            if index and index % _BATCH_YIELD_EVERY == 0:
+                gevent.sleep(0)  # let other connections run during a long batch
             site, method, args, kwargs = _check_batch_entry(index, call)
             try:
                 results.append((True, self._call(site, method, args, kwargs)))
@@ -254,6 +282,9 @@ class Daemon:
             log.info("site %r registered (storage %s)", sitename, path or "none")
             if autorestore and path and os.path.exists(path):
                 register.load()
+            elif path and os.path.exists(path):
+                log.warning("site %r: %s holds saved state that is not restored "
+                            "(autorestore is off); the next dump replaces it", sitename, path)
             return None
         info = register._info()
         if path and not info.get("storage_path"):
@@ -261,6 +292,8 @@ class Daemon:
             self._site_settings[sitename]["storage_path"] = path
             if autorestore and os.path.exists(path):
                 register.load()
+        else:
+            log.debug("site %r is already registered; addSiteRegister changed nothing", sitename)
         return None
 
     def getSite(self, sitename=None, create=False, storage_path=None, autorestore=None, **kwargs):
@@ -329,12 +362,21 @@ class Daemon:
         log.debug("on_reloader_restart for site %r", sitename)
 
     def stop(self, saveStatus=False, **kwargs):
-        """Stop every site (saving state when ``saveStatus``) and shut the daemon down."""
+        """Shut the daemon down; with ``saveStatus``, dump every site first.
+
+        The dumps run before this call returns, so the result tells the caller
+        what was saved: ``{sitename: "saved" | "no storage path" | "failed: ..."}``
+        (empty without ``saveStatus``). The shutdown itself starts afterwards.
+        """
         log.info("stop requested by a client%s", " (saving state)" if saveStatus else "")
+        results = {}
+        if saveStatus:
+            results = {sitename: self._save_site(sitename) for sitename in list(self._sites)}
         if self._server is not None:
-            self._server.request_stop(save_status=bool(saveStatus))
+            self._server.request_stop()
         else:
-            self._stop_all_sites(bool(saveStatus))
+            self._stop_all_sites(False)
+        return results
 
     def restart(self, sitename=None, **kwargs):
         """Save state and stop; the process manager is expected to start the daemon again."""

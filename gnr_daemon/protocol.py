@@ -201,7 +201,8 @@ def _check_header(kind, flags, reserved, length, max_frame_size):
         )
     if length > max_frame_size:
         raise FrameTooLarge(
-            f"frame of {length} bytes exceeds the maximum frame size of {max_frame_size} bytes"
+            f"frame of {length} bytes exceeds the maximum frame size of {max_frame_size} bytes "
+            "(raise it with --max-frame-size or GNR_DAEMON_MAX_FRAME_SIZE on both sides)"
         )
 
 
@@ -297,8 +298,9 @@ class Channel:
         server_key_flag, server_nonce = unpack_hello(first + rest)
         if server_key_flag and self._key is None:
             raise AuthenticationError(
-                f"daemon at {self.peer} requires an HMAC key: set GNR_DAEMON_HMAC_KEY "
-                "or pass hmac_key= to the client"
+                f"daemon at {self.peer} requires an HMAC key: set GNR_DAEMON_HMAC_KEY or "
+                "GNR_DAEMON_HMAC_KEY_FILE (--hmac-key-file on the command line, hmac_key= "
+                "for DaemonClient)"
             )
         if self._key is not None and not server_key_flag:
             raise AuthenticationError(
@@ -329,9 +331,10 @@ class Channel:
     def send_payload(self, kind, payload):
         """Send an already pickled payload as one frame (one ``sendall``)."""
         if len(payload) > self.max_frame_size:
+            what = "request" if self.role == "client" else "reply"
             raise FrameTooLarge(
-                f"frame of {len(payload)} bytes exceeds the maximum frame size of "
-                f"{self.max_frame_size} bytes"
+                f"{what} of {len(payload)} bytes exceeds this side's maximum frame size of "
+                f"{self.max_frame_size} bytes (max_frame_size, GNR_DAEMON_MAX_FRAME_SIZE)"
             )
         if self._prefix is None:
             frame = pack_frame(kind, payload)
@@ -478,6 +481,8 @@ def _error_from_text(text):
     name, sep, message = text.partition(": ")
     if not sep or not name.isidentifier():
         return ProtocolError(f"daemon error: {text}")
+    if name == "FrameTooLarge":
+        return FrameTooLarge(message)
     error = rebuild_error(name, message)
     if isinstance(error, RemoteError):
         return ProtocolError(f"daemon error: {text}")

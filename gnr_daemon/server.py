@@ -332,7 +332,10 @@ class DaemonServer:
     # shutdown
 
     def request_stop(self, save_status=False):
-        """Start the shutdown in a new greenlet; returns at once."""
+        """Start the shutdown in a new greenlet; returns at once.
+
+        ``save_status`` dumps every site at the end of the shutdown.
+        """
         self._save_on_stop = self._save_on_stop or save_status
         if not self._stopping:
             self._stopping = True
@@ -370,8 +373,12 @@ class DaemonServer:
 
         if self._deadline_timer is not None:
             self._deadline_timer.stop()
-        self.daemon._stop_all_sites(self._save_on_stop)
-        log.info("gnr_daemon stopped%s", " (state saved)" if self._save_on_stop else "")
+        saved = self.daemon._stop_all_sites(self._save_on_stop)
+        failed = sorted(name for name, outcome in saved.items() if outcome.startswith("failed"))
+        if failed:
+            log.error("gnr_daemon stopped; saving the state of %s failed", ", ".join(failed))
+        else:
+            log.info("gnr_daemon stopped")
         if self._stopped is not None:
             self._stopped.set()
 

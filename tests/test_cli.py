@@ -147,9 +147,10 @@ def test_unix_socket_mode(tmp_path, start_daemon_process):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["-K", "-P", "40405"], "-K needs a value but is followed by '-P'"),
-        (["-K", "--host", "::1"], "-K needs a value but is followed by '--host'"),
-        (["--hmac-key=-P"], "looks like an option"),
+        (["-K", "-P", "40405"], "-K needs a value but is followed by a word that starts"),
+        (["-K", "--host", "::1"], "-K needs a value but is followed by a word that starts"),
+        (["-K", "-abcdefghijklmnopqrstuvwxyz0123456789"], "followed by a word that starts"),
+        (["--hmac-key=-P0123456789abcdefgh"], "could be another option taken as the key"),
         (["-K", ""], "shorter than 16 bytes"),
         (["-K", "abc"], "shorter than 16 bytes"),
     ],
@@ -159,6 +160,7 @@ def test_bad_key_is_usage_error(tmp_path, args, message):
     assert result.returncode == 2, result.stderr
     assert message in result.stderr
     assert "listening" not in result.stderr
+    assert "abcdefghijklmnopqrstuvwxyz" not in result.stderr
 
 
 def test_option_key_overrides_environment(tmp_path, start_daemon_process):
@@ -254,3 +256,41 @@ def test_session_demo_script(tmp_path, start_daemon_process):
     assert "database change path: gnr.dbchanges.shop_invoice" in result.stdout
     assert "after restart: {'users': 1, 'connections': 1, 'pages': 1}" in result.stdout
     assert "after closing the tab: {'users': 1, 'connections': 0, 'pages': 0}" in result.stdout
+
+
+def test_short_key_file_refused(tmp_path):
+    key_file = tmp_path / "short.key"
+    key_file.write_text("abc")
+    result = gnrdaemon("start", "-H", "127.0.0.1", "-P", "0", "--hmac-key-file", str(key_file),
+                       env=clean_environment(tmp_path))
+    assert result.returncode == 1
+    assert "shorter than 16 bytes" in result.stderr
+
+
+def test_empty_key_variable_refused(tmp_path):
+    result = gnrdaemon("start", "-H", "127.0.0.1", "-P", "0",
+                       env=clean_environment(tmp_path, GNR_DAEMON_HMAC_KEY=""))
+    assert result.returncode == 2
+    assert "GNR_DAEMON_HMAC_KEY is set but empty" in result.stderr
+
+
+def test_dash_key_from_environment_accepted(tmp_path, start_daemon_process):
+    key = "-0123456789abcdef0123456789abcdef"
+    env = clean_environment(tmp_path, GNR_DAEMON_HMAC_KEY=key)
+    daemon = start_daemon_process("-H", "127.0.0.1", "-P", "0", env=env)
+    assert gnrdaemon("ping", *address(daemon), env=env).returncode == 0
+
+
+def test_bad_port_message(tmp_path):
+    result = gnrdaemon("ping", "-P", "abc", env=clean_environment(tmp_path))
+    assert result.returncode == 2
+    assert "'abc' is not a TCP port number" in result.stderr
+
+
+def test_client_max_frame_size_option(tmp_path, start_daemon_process):
+    env = clean_environment(tmp_path)
+    daemon = start_daemon_process("-H", "127.0.0.1", "-P", "0", env=env)
+    result = gnrdaemon("call", *address(daemon), "--max-frame-size=1024", "echo", "'" + "x" * 2000 + "'",
+                       env=env)
+    assert result.returncode == 1
+    assert "maximum frame size" in result.stderr

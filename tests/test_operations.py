@@ -426,6 +426,7 @@ def test_metrics_endpoint(tmp_path, start_daemon_process):
     pytest.importorskip("prometheus_client")
     daemon = start_daemon_process("-H", "127.0.0.1", "-P", "0", "--metrics-port", "0",
                                   env=keyed_env(tmp_path))
+    assert wait_for(lambda: "metrics on http://127.0.0.1:" in daemon.log_text())
     metrics_port = int(daemon.log_text().split("metrics on http://127.0.0.1:")[1].split("/")[0])
     url = f"http://127.0.0.1:{metrics_port}/metrics"
     with client_for(daemon) as client:

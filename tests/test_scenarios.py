@@ -1,7 +1,9 @@
 """A browser session's life, end to end, through the client and a real daemon.
 
 Every test drives the site ``demo`` over the network; the daemon's clock is
-a ``FakeClock`` that the tests move instead of sleeping.
+a ``FakeClock`` that the tests move instead of sleeping. Every test runs
+twice: on a daemon with the memory store and on one with a Redis store (a
+key prefix of its own on the test session's redis-server).
 """
 
 from datetime import timedelta
@@ -12,6 +14,20 @@ from gnr_daemon.errors import MethodNotFound, SiteNotFound
 from gnr_daemon.registers.datatree import DataTree
 
 pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture(params=["memory", "redis"])
+def store_url(request):
+    """The daemon's store URL; the Redis one has a key prefix of this test alone."""
+    if request.param == "memory":
+        return "memory:"
+    return request.getfixturevalue("redis_url")
+
+
+@pytest.fixture
+def daemon(daemon_factory, store_url):
+    """A signed daemon with the test key on the parametrized store."""
+    return daemon_factory(store=store_url)
 
 
 @pytest.fixture
@@ -353,11 +369,16 @@ def test_periodic_cleanup_runs_alone(daemon, site):
     assert site.connection("c1") is None
 
 
-def test_stopped_site_forgets_state(client, site):
+def test_stopped_site_state(client, site, store_url):
     open_tab(site)
     client.siteregister_stop("demo")
     client.addSiteRegister("demo")
-    assert site.counters() == {"users": 0, "connections": 0, "pages": 0}
+    if store_url == "memory:":
+        # A process-local store forgets a stopped site.
+        assert site.counters() == {"users": 0, "connections": 0, "pages": 0}
+    else:
+        # Redis keeps the state that other daemons may still serve.
+        assert site.counters() == {"users": 1, "connections": 1, "pages": 1}
 
 
 def test_storage_path_outside_state_dir_rejected(client, tmp_path):
@@ -370,8 +391,8 @@ def test_storage_path_outside_state_dir_rejected(client, tmp_path):
     assert client.siteRegisters() == []
 
 
-def test_stop_with_save_status(daemon_factory, tmp_path):
-    daemon = daemon_factory()
+def test_stop_with_save_status(daemon_factory, store_url):
+    daemon = daemon_factory(store=store_url)
     with daemon.client() as client:
         client.addSiteRegister("demo", storage_path="demo.pik")
         open_tab(client.site("demo"))
@@ -379,7 +400,49 @@ def test_stop_with_save_status(daemon_factory, tmp_path):
     daemon.thread.join(15)
     assert not daemon.thread.is_alive()
     assert (daemon.state_dir / "demo.pik").exists()
-    restarted = daemon_factory(state_dir=daemon.state_dir)
+    restarted = daemon_factory(state_dir=daemon.state_dir, store=store_url)
     with restarted.client() as client:
         client.addSiteRegister("demo", storage_path="demo.pik", autorestore=True)
         assert client.site("demo").counters() == {"users": 1, "connections": 1, "pages": 1}
+
+
+def test_storage_path_in_subdirectory(daemon, client):
+    client.addSiteRegister("nested", storage_path="sub/dir/nested.pik")
+    client.site("nested").new_connection("c1", user="alice")
+    client.site("nested").dump()
+    assert (daemon.state_dir / "sub" / "dir" / "nested.pik").exists()
+
+
+def test_storage_path_directory_rejected(client):
+    from gnr_daemon.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="is a directory"):
+        client.addSiteRegister("dir", storage_path=".")
+
+
+def test_stop_reports_saved_sites(daemon_factory):
+    daemon = daemon_factory()
+    with daemon.client() as client:
+        client.addSiteRegister("with_path", storage_path="with_path.pik")
+        client.addSiteRegister("without_path")
+        assert client.stop(saveStatus=True) == {"with_path": "saved",
+                                                "without_path": "no storage path"}
+    daemon.thread.join(15)
+    assert (daemon.state_dir / "with_path.pik").exists()
+
+
+def test_unrestored_dump_warned(daemon, client, caplog):
+    client.addSiteRegister("demo", storage_path="demo.pik")
+    client.site("demo").new_connection("c1", user="alice")
+    client.site("demo").dump()
+    client.siteregister_stop("demo")
+    with caplog.at_level("WARNING", logger="gnr_daemon.daemon"):
+        client.addSiteRegister("demo", storage_path="demo.pik")
+    assert any("not restored" in record.getMessage() for record in caplog.records)
+
+
+def test_batch_size_limit(client):
+    from gnr_daemon.daemon import MAX_BATCH_CALLS
+
+    with pytest.raises(ValueError, match="split it into several batches"):
+        client.call("batch", [(None, "ping", (), {})] * (MAX_BATCH_CALLS + 1))

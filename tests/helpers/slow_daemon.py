@@ -16,7 +16,7 @@ import time  # noqa: E402
 import gevent  # noqa: E402
 from docopt import docopt  # noqa: E402
 
-from gnr_daemon import _start, cli  # noqa: E402
+from gnr_daemon import cli, startup  # noqa: E402
 from gnr_daemon.daemon import Daemon  # noqa: E402
 
 
@@ -34,4 +34,4 @@ class SlowDaemon(Daemon):
 
 if __name__ == "__main__":
     arguments = docopt(cli.__doc__, argv=sys.argv[1:])
-    sys.exit(_start.run_daemon(arguments, cli._overrides(arguments), daemon_class=SlowDaemon))
+    sys.exit(startup.run_daemon(arguments, cli._overrides(arguments), daemon_class=SlowDaemon))
