@@ -1,7 +1,7 @@
 """gnrdaemon: run and control a gnr_daemon.
 
 Usage:
-  gnrdaemon start [options]
+  gnrdaemon start [--allow-class=CLASS]... [options]
   gnrdaemon stop [--savestatus] [options]
   gnrdaemon status [--json] [options]
   gnrdaemon ping [options]
@@ -51,6 +51,13 @@ Options:
   --metrics-host=HOST          Address of the metrics endpoint (default 127.0.0.1).
   --log-level=LEVEL            DEBUG, INFO, WARNING or ERROR (default INFO).
   --log-format=FORMAT          plain (one text line per record) or json (default plain).
+  --hmac-key-previous=KEY      The key being retired: also accepted during a key rotation.
+  --admin-key=KEY              Key that stop, restart, dump, load and maintenance calls
+                               need; client commands sign with it when it is given.
+  --admin-key-file=PATH        File that holds the admin key.
+  --allow-class=CLASS          Extra class (module.Class) requests may carry; repeatable.
+  --unrestricted-pickle        Unpickle requests without the class allow-list (trusted
+                               legacy setups only).
   --site=NAME                  With call: the site whose register runs METHOD.
   --savestatus                 With stop: save register state before stopping.
   --json                       With status: print JSON.
@@ -112,6 +119,11 @@ _OPTION_SETTINGS = {
     "--metrics-host": "metrics_host",
     "--log-level": "log_level",
     "--log-format": "log_format",
+    "--hmac-key-previous": "hmac_key_previous",
+    "--admin-key": "admin_key",
+    "--admin-key-file": "admin_key_file",
+    "--allow-class": "allow_classes",
+    "--unrestricted-pickle": "unrestricted_pickle",
 }
 
 _LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -130,15 +142,18 @@ def _overrides(arguments):
     overrides = {}
     for option, name in _OPTION_SETTINGS.items():
         value = arguments.get(option)
-        if value is False:
+        if value is False or value == []:
             value = None
+        elif isinstance(value, list):
+            value = ",".join(value)
         overrides[name] = value
     return overrides
 
 
 # Options whose value must never look like another option: docopt would take
 # "-K -P 40405" as the key "-P".
-_GUARDED_OPTIONS = ("-K", "--hmac-key", "--hmac-key-file")
+_GUARDED_OPTIONS = ("-K", "--hmac-key", "--hmac-key-file", "--hmac-key-previous",
+                    "--admin-key", "--admin-key-file")
 
 
 def _check_option_values(argv):
@@ -270,9 +285,13 @@ def _run_client_command(arguments):
     except ConfigurationError as exc:
         return _fail(str(exc), 2)
     try:
+        settings = load_settings(overrides)
+        # An operator's command signs with the admin key when one is given.
+        admin_key = settings.admin_key_bytes()
         client = DaemonClient(host=overrides["host"], port=overrides["port"],
-                              socket=overrides["socket"], hmac_key=overrides["hmac_key"],
-                              hmac_key_file=overrides["hmac_key_file"],
+                              socket=overrides["socket"],
+                              hmac_key=admin_key or overrides["hmac_key"],
+                              hmac_key_file=None if admin_key else overrides["hmac_key_file"],
                               timeout=overrides["timeout"], tls=overrides["tls"],
                               tls_ca=overrides["tls_ca"], tls_cert=overrides["tls_cert"],
                               tls_key=overrides["tls_key"],

@@ -401,7 +401,10 @@ class DaemonClient:
             if kind != KIND_RESPONSE or not (isinstance(reply, tuple) and len(reply) == 3):
                 raise ProtocolError(f"invalid reply to {method} from {self.address_text}")
             reply_id, ok, value = reply
-            if reply_id != call_id:
+            # A daemon that could not decode the request cannot know its call
+            # id and answers with None; one call is in flight per connection,
+            # so that error belongs to this call.
+            if reply_id != call_id and not (reply_id is None and not ok):
                 raise ProtocolError(
                     f"reply to call {reply_id!r} received while waiting for call {call_id} "
                     f"({method}); the connection was discarded"

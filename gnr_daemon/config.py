@@ -96,6 +96,12 @@ def _parse_log_format(value):
     return text
 
 
+def _parse_class_list(value):
+    from .safepickle import parse_class_names
+
+    return parse_class_names(value)
+
+
 def default_state_dir():
     """Return the default state directory: systemd's, else the XDG one."""
     if os.environ.get("STATE_DIRECTORY"):
@@ -172,6 +178,18 @@ SETTINGS = (
             "address of the Prometheus endpoint"),
     Setting("log_format", _parse_log_format, "plain", "GNR_DAEMON_LOG_FORMAT", "--log-format",
             "plain (one line of text per record) or json (one JSON object per line)"),
+    Setting("hmac_key_previous", str, None, "GNR_DAEMON_HMAC_KEY_PREVIOUS",
+            "--hmac-key-previous", "the key being retired: accepted as well during a rotation"),
+    Setting("admin_key", str, None, "GNR_DAEMON_ADMIN_KEY", "--admin-key",
+            "key that stop, restart, dump, load and maintenance calls need"),
+    Setting("admin_key_file", str, None, "GNR_DAEMON_ADMIN_KEY_FILE", "--admin-key-file",
+            "file holding the admin key"),
+    Setting("allow_classes", _parse_class_list, frozenset(), "GNR_DAEMON_ALLOW_CLASSES",
+            "--allow-class", "extra classes requests may carry, as module.Class "
+            "(comma-separated; the option can be repeated)", "allow_classes"),
+    Setting("unrestricted_pickle", _parse_bool, False, "GNR_DAEMON_UNRESTRICTED_PICKLE",
+            "--unrestricted-pickle", "unpickle requests without the class allow-list "
+            "(trusted legacy setups only)"),
 )
 
 _BY_NAME = {setting.name: setting for setting in SETTINGS}
@@ -194,8 +212,9 @@ class Settings:
         return dict(self._values)
 
     def __repr__(self):
+        secret = ("hmac_key", "hmac_key_previous", "admin_key")
         shown = {
-            name: ("<hidden>" if name == "hmac_key" and value else value)
+            name: ("<hidden>" if name in secret and value else value)
             for name, value in self._values.items()
         }
         return f"<Settings {shown}>"
@@ -215,6 +234,24 @@ class Settings:
                     f"the HMAC key in {self.hmac_key_file} is shorter than {MIN_KEY_LENGTH} "
                     f"bytes: write a random key of at least {RECOMMENDED_KEY_LENGTH} bytes into "
                     "it (gnrdaemon keygen --file PATH makes one)"
+                )
+            return key
+        return None
+
+    def previous_key_bytes(self):
+        """Return the retiring key as bytes, or None."""
+        return self.hmac_key_previous.encode("utf-8") if self.hmac_key_previous else None
+
+    def admin_key_bytes(self):
+        """Return the admin key as bytes (from the key or its file), or None."""
+        if self.admin_key:
+            return self.admin_key.encode("utf-8")
+        if self.admin_key_file:
+            key = read_key_file(self.admin_key_file)
+            if len(key) < MIN_KEY_LENGTH:
+                raise ConfigurationError(
+                    f"the admin key in {self.admin_key_file} is shorter than {MIN_KEY_LENGTH} "
+                    "bytes: write a random key into it (gnrdaemon keygen --file PATH)"
                 )
             return key
         return None
@@ -296,7 +333,8 @@ def load_settings(overrides=None, environ=None, use_environment=True, use_config
             xml_values = _read_environment_xml(xml_path)
 
     values, sources = {}, {}
-    for name in ("GNR_DAEMON_HMAC_KEY", "GNR_DAEMON_HMAC_KEY_FILE"):
+    for name in ("GNR_DAEMON_HMAC_KEY", "GNR_DAEMON_HMAC_KEY_FILE", "GNR_DAEMON_ADMIN_KEY",
+                 "GNR_DAEMON_HMAC_KEY_PREVIOUS"):
         # An empty key variable is a mistake (a failed $(cat ...), say); taken
         # as unset, it would quietly start an unsigned daemon.
         if use_environment and name in environ and not environ[name].strip():
@@ -318,7 +356,8 @@ def load_settings(overrides=None, environ=None, use_environment=True, use_config
         try:
             values[setting.name] = setting.parse(raw)
         except (TypeError, ValueError) as exc:
-            shown = "<hidden>" if setting.name == "hmac_key" else repr(raw)
+            shown = "<hidden>" if setting.name in ("hmac_key", "hmac_key_previous", "admin_key") \
+                else repr(raw)
             raise ConfigurationError(
                 f"invalid value {shown} for {setting.name} from {source}: {exc}"
             ) from None
@@ -331,10 +370,12 @@ def load_settings(overrides=None, environ=None, use_environment=True, use_config
 
 
 def _check_key(values, sources):
-    key = values.get("hmac_key")
-    if key is None:
-        return
-    source = sources.get("hmac_key")
+    for name in ("hmac_key", "hmac_key_previous", "admin_key"):
+        if values.get(name) is not None:
+            _check_one_key(values[name], sources.get(name))
+
+
+def _check_one_key(key, source):
     if key.startswith("-") and source.startswith("option"):
         raise ConfigurationError(
             f"the HMAC key from {source} starts with '-', so it could be another option taken "

@@ -21,7 +21,7 @@ import gevent
 
 from . import __version__
 from .dispatch import check_method_name, dispatch
-from .errors import ConfigurationError, SiteNotFound, describe_exception
+from .errors import ConfigurationError, PermissionDenied, SiteNotFound, describe_exception
 from .registers import SiteRegister
 
 __all__ = ["Daemon", "MAX_SITENAME_LENGTH", "MAX_BATCH_CALLS"]
@@ -30,6 +30,15 @@ log = logging.getLogger(__name__)
 
 #: Longest accepted site name (Genropy's ``sitename|domain`` included).
 MAX_SITENAME_LENGTH = 200
+
+#: Daemon-level methods that need the admin key when one is configured.
+ADMIN_DAEMON_METHODS = frozenset({
+    "stop", "restart", "siteregister_stop", "siteregister_restart", "siteregister_dump",
+    "siteregister_start", "restartServiceDaemon",
+})
+
+#: Site-register methods that need the admin key when one is configured.
+ADMIN_SITE_METHODS = frozenset({"dump", "load", "setMaintenance", "stop"})
 
 #: Most calls one batch may carry.
 MAX_BATCH_CALLS = 10_000
@@ -119,6 +128,12 @@ class Daemon:
         """Run one request: a daemon-level method, or a method of a site register."""
         if site is None and "_sitename" in kwargs:
             site = kwargs.pop("_sitename")
+        admin_only = ADMIN_DAEMON_METHODS if site is None else ADMIN_SITE_METHODS
+        if method in admin_only and not getattr(gevent.getcurrent(), "gnrd_admin", True):
+            raise PermissionDenied(
+                f"{method} needs a connection signed with the admin key, and this one uses "
+                "the ordinary key: run it with GNR_DAEMON_ADMIN_KEY or --admin-key-file"
+            )
         if site is None:
             return dispatch(self, method, args, kwargs)
         check_method_name(method)

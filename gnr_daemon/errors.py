@@ -18,6 +18,7 @@ __all__ = [
     "AuthenticationError",
     "MethodNotFound",
     "SiteNotFound",
+    "PermissionDenied",
     "RemoteError",
     "DaemonUnavailable",
     "CallTimeout",
@@ -49,6 +50,10 @@ class MethodNotFound(GnrDaemonError):
 
 class SiteNotFound(MethodNotFound):
     """A site-scoped call named a site that is not registered on the daemon."""
+
+
+class PermissionDenied(GnrDaemonError):
+    """The call needs the admin key, and the connection is signed with another key."""
 
 
 class RemoteError(GnrDaemonError):
@@ -108,6 +113,7 @@ ERROR_CLASSES = {
         AuthenticationError,
         MethodNotFound,
         SiteNotFound,
+        PermissionDenied,
         RemoteError,
         DaemonUnavailable,
         CallTimeout,

@@ -230,7 +230,7 @@ class Channel:
     """
 
     def __init__(self, sock, role, key=None, max_frame_size=DEFAULT_MAX_FRAME_SIZE,
-                 peer="?", loads=None):
+                 peer="?", loads=None, other_keys=()):
         if role not in ("server", "client"):
             raise ValueError(f"invalid channel role {role!r}: use 'server' or 'client'")
         self.sock = sock
@@ -240,6 +240,12 @@ class Channel:
         self._key = key or None
         self._prefix = None
         self._nonces = None
+        #: Which key the peer signs with: "current", or the name given with
+        #: ``other_keys`` (server side: "previous", "admin"); None without a key.
+        self.key_role = "current" if self._key else None
+        # Server side: (key, name) pairs tried, in order after the main key,
+        # on the first signed frame; the one that matches signs the rest.
+        self._candidates = [(key, "current"), *other_keys] if self._key and other_keys else None
         self._send_seq = 0
         self._recv_seq = 0
         if role == "server":
@@ -316,11 +322,27 @@ class Channel:
         self._nonces = server_nonce + client_nonce
         self._prefix = _tag_prefix(self._key, server_nonce, client_nonce)
 
-    def _tag(self, direction, sequence, header, payload):
+    def _tag(self, direction, sequence, header, payload, key=None):
+        if key is not None:
+            prefix = _tag_prefix(key, self._nonces[:NONCE_SIZE], self._nonces[NONCE_SIZE:])
+        else:
+            key, prefix = self._key, self._prefix
         if len(payload) <= _ONE_SHOT_TAG_LIMIT:
             message = b"".join((self._nonces, direction, sequence.to_bytes(8, "big"), header, payload))
-            return hmac.digest(self._key, message, "sha256")
-        return compute_tag(self._prefix, direction, sequence, header, payload)
+            return hmac.digest(key, message, "sha256")
+        return compute_tag(prefix, direction, sequence, header, payload)
+
+    def _adopt_key(self, header, tag, payload):
+        """On the first frame, find which accepted key signed it and keep that key."""
+        candidates, self._candidates = self._candidates, None
+        for key, name in candidates:
+            expected = self._tag(self._recv_direction, self._recv_seq, header, payload, key=key)
+            if hmac.compare_digest(expected, tag):
+                self._key = key
+                self._prefix = _tag_prefix(key, self._nonces[:NONCE_SIZE], self._nonces[NONCE_SIZE:])
+                self.key_role = name
+                return True
+        return False
 
     # sending
 
@@ -401,8 +423,12 @@ class Channel:
             return
         if tag is None:
             raise AuthenticationError("unsigned frame received but a key is required")
-        expected = self._tag(self._recv_direction, self._recv_seq, header, payload)
-        if not hmac.compare_digest(expected, tag):
+        if self._candidates is not None:
+            matched = self._adopt_key(header, tag, payload)
+        else:
+            expected = self._tag(self._recv_direction, self._recv_seq, header, payload)
+            matched = hmac.compare_digest(expected, tag)
+        if not matched:
             raise AuthenticationError(
                 "frame tag does not match: wrong key, tampered frame, or a frame replayed "
                 "from another connection or out of sequence"

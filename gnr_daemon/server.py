@@ -21,12 +21,15 @@ and return from ``serve_forever``.
 """
 
 import collections
+import ctypes
 import errno
+import importlib
 import logging
 import os
 import socket
 import ssl
 import stat
+import sys
 import time
 
 import gevent
@@ -43,6 +46,7 @@ from .errors import (
     ProtocolError,
     describe_exception,
 )
+from .safepickle import current_policy
 from .systemd import notify_stopping
 from .protocol import (
     KIND_REQUEST,
@@ -70,6 +74,10 @@ class ShutdownInterrupt(BaseException):
     It derives from BaseException, like GreenletExit, so that no handler's
     ``except Exception`` swallows it.
     """
+
+
+def _current_peer():
+    return getattr(gevent.getcurrent(), "gnrd_peer", "?")
 
 
 def _failure(call_id, exc, with_traceback=True):
@@ -107,6 +115,84 @@ class _DeadlineExpired(BaseException):
         super().__init__(phase, limit)
         self.phase = phase
         self.limit = limit
+
+
+class _LoopBlocked(BaseException):
+    """Raised asynchronously in a handler that kept the event loop busy past the call timeout."""
+
+
+def _original(module, name):
+    """Return the standard library's ``module.name``, even under gevent's monkey patch."""
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is not None and monkey.is_module_patched(module):
+        return monkey.get_original(module, name)
+    return getattr(importlib.import_module(module), name)
+
+
+class _LoopWatchdog:
+    """An OS thread that notices when one handler keeps the gevent loop from running.
+
+    The hub refreshes ``heartbeat`` from its deadline timer; when it stops
+    doing so for ``report_after`` seconds, the thread logs the method that
+    blocks the loop, and when that call has run longer than the call timeout
+    it raises ``_LoopBlocked`` inside it (``PyThreadState_SetAsyncExc``), so a
+    CPU-bound handler gets a CallTimeout reply instead of starving every
+    other connection. Code running inside a C function (a huge pickle.dumps,
+    say) is interrupted only when it returns to Python.
+    """
+
+    def __init__(self, server, report_after):
+        self._server = server
+        self._report_after = report_after
+        self._thread_ident = _original("_thread", "get_ident")()
+        self._sleep = _original("time", "sleep")
+        self._stopped = False
+        self.heartbeat = time.monotonic()
+        #: (generation, method, site, peer, started) of the call running now, or None
+        self.current_call = None
+        self._generation = 0
+        self._reported = None
+
+    def begin_call(self, method, site, peer):
+        self._generation += 1
+        self.current_call = (self._generation, method, site, peer, time.monotonic())
+
+    def end_call(self):
+        self.current_call = None
+
+    def start(self):
+        _original("_thread", "start_new_thread")(self._run, ())
+
+    def stop(self):
+        self._stopped = True
+
+    def _run(self):
+        interval = min(self._report_after / 2, 0.5)
+        while not self._stopped:
+            self._sleep(interval)
+            try:
+                self._check()
+            except Exception:  # the watchdog must never die silently
+                log.exception("the event loop watchdog failed")
+
+    def _check(self):
+        now = time.monotonic()
+        blocked_for = now - self.heartbeat
+        call = self.current_call
+        if blocked_for < self._report_after or call is None:
+            return
+        generation, method, site, peer, started = call
+        if self._reported != generation:
+            self._reported = generation
+            log.warning("event loop blocked for %.1f s by %s (site %r) from %s",
+                        blocked_for, method, site, peer)
+        timeout = self._server.settings.call_timeout
+        if now - started > timeout and self.current_call is call:
+            log.warning("interrupting %s (site %r) from %s: it kept the event loop busy past "
+                        "the call timeout of %.1f s", method, site, peer, timeout)
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                ctypes.c_ulong(self._thread_ident), ctypes.py_object(_LoopBlocked))
+            self.current_call = None
 
 
 class _Connection:
@@ -161,11 +247,21 @@ class DaemonServer:
     bytes or None.
     """
 
-    def __init__(self, daemon, settings, key=None, tls_context=None):
+    def __init__(self, daemon, settings, key=None, tls_context=None, previous_key=None,
+                 admin_key=None, policy=None):
         self.daemon = daemon
         self.settings = settings
         self._key = key
         self._tls_context = tls_context
+        self._admin_key = admin_key
+        other_keys = []
+        if previous_key:
+            other_keys.append((previous_key, "previous"))
+        if admin_key:
+            other_keys.append((admin_key, "admin"))
+        self._other_keys = tuple(other_keys)
+        self._policy = policy or current_policy()
+        self._loads = self._policy.loads
         self._connections = set()
         self._server = None
         self._listener = None
@@ -173,6 +269,7 @@ class DaemonServer:
         self._stopping = False
         self._stopped = None
         self._deadline_timer = None
+        self._watchdog = None
         self._save_on_stop = False
         self.calls_served = 0
         self.call_errors = 0
@@ -275,6 +372,8 @@ class DaemonServer:
         self._server = StreamServer(listener, self._handle, spawn=pool)
         self._server.start()
         tick = self._deadline_tick()
+        self._watchdog = _LoopWatchdog(self, report_after=max(1.0, tick * 2))
+        self._watchdog.start()
         self._deadline_timer = gevent.get_hub().loop.timer(tick, tick)
         self._deadline_timer.start(self._check_deadlines)
         self._stopped = gevent.event.Event()
@@ -302,6 +401,7 @@ class DaemonServer:
         """
         settings = self.settings
         now = time.monotonic()
+        self._watchdog.heartbeat = now
         for conn in list(self._connections):
             if conn.expired:
                 continue
@@ -373,6 +473,8 @@ class DaemonServer:
 
         if self._deadline_timer is not None:
             self._deadline_timer.stop()
+        if self._watchdog is not None:
+            self._watchdog.stop()
         saved = self.daemon._stop_all_sites(self._save_on_stop)
         failed = sorted(name for name, outcome in saved.items() if outcome.startswith("failed"))
         if failed:
@@ -395,6 +497,11 @@ class DaemonServer:
             "signing": bool(self._key),
             "tls": self._tls_context is not None,
             "connections": len(self._connections),
+            "previous_key_connections": sum(
+                1 for conn in self._connections if conn.channel.key_role == "previous"),
+            "admin_connections": sum(
+                1 for conn in self._connections if conn.channel.key_role == "admin"),
+            "restricted_unpickling": self._policy.restricted,
             "calls_served": self.calls_served,
             "call_errors": self.call_errors,
             "call_timeouts": self.call_timeouts,
@@ -432,7 +539,8 @@ class DaemonServer:
             sock = self._tls_context.wrap_socket(sock, server_side=True,
                                                  do_handshake_on_connect=False)
         channel = Channel(sock, "server", key=self._key,
-                          max_frame_size=self.settings.max_frame_size, peer=peer)
+                          max_frame_size=self.settings.max_frame_size, peer=peer,
+                          loads=self._loads, other_keys=self._other_keys)
         conn = _Connection(channel, peer)
         self._connections.add(conn)
         try:
@@ -463,6 +571,9 @@ class DaemonServer:
             self._reject(conn, exc, "handshake")
             return
 
+        admin_pending = True
+        conn.greenlet.gnrd_admin = self._admin_key is None
+        conn.greenlet.gnrd_peer = conn.peer
         while not self._stopping:
             conn.enter(_IDLE)
             try:
@@ -478,8 +589,9 @@ class DaemonServer:
                 self._reject(conn, exc, "frame")
                 return
             except PayloadError as exc:
-                # The tag checked out but the payload did not unpickle: the
-                # peer has the key, so it gets an error reply and may go on.
+                # The tag checked out but the payload did not unpickle (or
+                # named a class outside the allow-list): the peer has the
+                # key, so it gets an error reply and may go on.
                 conn.enter(_BUSY)
                 self.protocol_errors += 1
                 log.warning("invalid request payload from %s: %s", conn.peer, exc)
@@ -487,6 +599,13 @@ class DaemonServer:
                 channel.send_payload(KIND_RESPONSE, encode_payload(_failure(None, error, False)))
                 continue
             conn.enter(_BUSY)
+            if admin_pending:
+                admin_pending = False
+                # Without an admin key every connection may call admin methods.
+                conn.greenlet.gnrd_admin = (self._admin_key is None
+                                            or channel.key_role == "admin")
+                if channel.key_role == "previous":
+                    log.info("%s signs with the previous key", conn.peer)
             if kind != KIND_REQUEST:
                 self._reject(conn, ProtocolError(f"unexpected frame kind {kind} from a client"), "frame")
                 return
@@ -541,9 +660,22 @@ class DaemonServer:
             return encode_payload(_failure(call_id, exc, False))
 
         self.calls_served += 1
+        watchdog = self._watchdog
         try:
-            result = self.daemon._call(site, method, args, kwargs)
+            if watchdog is not None:
+                watchdog.begin_call(method, site, _current_peer())
+            try:
+                result = self.daemon._call(site, method, args, kwargs)
+            finally:
+                if watchdog is not None:
+                    watchdog.end_call()
             return encode_payload((call_id, True, result))
+        except _LoopBlocked:
+            self.call_errors += 1
+            self.call_timeouts += 1
+            error = CallTimeout(f"{method} kept the daemon busy for longer than the call timeout "
+                                f"of {self.settings.call_timeout:g} s and was interrupted")
+            return encode_payload(_failure(call_id, error, False))
         except _DeadlineExpired:
             self.call_errors += 1
             self.call_timeouts += 1

@@ -16,6 +16,7 @@ from .cli import configure_logging
 from .config import RECOMMENDED_KEY_LENGTH, is_loopback_host, load_settings
 from .errors import ConfigurationError
 from .metrics import start_metrics
+from .safepickle import configure as configure_unpickling
 from .systemd import notify_ready
 from .tls import server_context
 
@@ -126,6 +127,21 @@ def run_daemon(arguments, overrides, daemon_class=None):
         log.info("HMAC signing off (no key configured)")
 
     try:
+        previous_key = settings.previous_key_bytes()
+        admin_key = settings.admin_key_bytes()
+    except ConfigurationError as exc:
+        return _fail(str(exc))
+    if (previous_key or admin_key) and key is None:
+        return _fail("--hmac-key-previous and --admin-key work only together with an HMAC key: "
+                     "set GNR_DAEMON_HMAC_KEY or --hmac-key-file as well")
+    if admin_key is not None and admin_key in (key, previous_key):
+        return _fail("the admin key must differ from the HMAC key and the previous key")
+    if previous_key is not None:
+        log.info("key rotation: frames signed with the previous key are accepted too")
+    if admin_key is not None:
+        log.info("admin key set: stop, restart, dump, load and maintenance calls need it")
+
+    try:
         store = open_store(settings.store, hmac_key=key)
     except ConfigurationError as exc:
         return _fail(str(exc), 2)
@@ -134,8 +150,17 @@ def run_daemon(arguments, overrides, daemon_class=None):
         log.info("TLS on: certificate %s%s", settings.tls_cert,
                  f", client certificates required (CA {settings.tls_ca})" if settings.tls_ca else "")
 
+    policy = configure_unpickling(settings.allow_classes, restricted=not settings.unrestricted_pickle)
+    if not policy.restricted:
+        log.warning("restricted unpickling is OFF (--unrestricted-pickle): any client with the "
+                    "key can run code in the daemon")
+    elif settings.allow_classes:
+        log.info("classes allowed in requests beyond the defaults: %s",
+                 ", ".join(sorted(f"{module}.{name}" for module, name in settings.allow_classes)))
+
     daemon = (daemon_class or Daemon)(store, settings.state_dir)
-    server = DaemonServer(daemon, settings, key=key, tls_context=tls_context)
+    server = DaemonServer(daemon, settings, key=key, tls_context=tls_context,
+                          previous_key=previous_key, admin_key=admin_key, policy=policy)
     log.info("gnr_daemon %s starting (store %s, state directory %s)",
              __version__, store.url, settings.state_dir)
     if signals.received:

@@ -25,7 +25,7 @@ def address(process):
 def test_help_exits_zero(tmp_path):
     result = gnrdaemon("--help", env=clean_environment(tmp_path))
     assert result.returncode == 0
-    assert "gnrdaemon start [options]" in result.stdout
+    assert "gnrdaemon start [--allow-class=CLASS]... [options]" in result.stdout
 
 
 def test_version_printed(tmp_path):
