@@ -25,10 +25,13 @@ setup(
     extras_require={
         "redis": ["redis>=5.0", "hiredis>=2.0"],
         "prometheus": ["prometheus-client>=0.17"],
-        "test": ["pytest>=7", "pytest-timeout>=2", "hypothesis>=6", "redis>=5.0", "hiredis>=2.0"],
+        "test": ["pytest>=7", "pytest-timeout>=2", "hypothesis>=6", "redis>=5.0", "hiredis>=2.0",
+                 "genropy>=26.10", "Pyro4>=4.80", "supervisor>=4.2", "prometheus-client>=0.17"],
+        "bench": ["matplotlib>=3.5", "Pyro4>=4.80"],
     },
     entry_points={
         "console_scripts": ["gnrdaemon = gnr_daemon.cli:main"],
+        "gnr.web": ["daemon = gnr_daemon.genropy"],
     },
     classifiers=[
         "Programming Language :: Python :: 3",

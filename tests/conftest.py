@@ -69,7 +69,13 @@ class ThreadDaemon:
             store = open_store(self.settings.store)
             daemon_class = self.daemon_class or Daemon
             self.daemon = daemon_class(store, self.settings.state_dir, clock=self.clock)
-            self.server = DaemonServer(self.daemon, self.settings, key=self.settings.key_bytes())
+            from gnr_daemon.safepickle import UnpicklePolicy
+
+            settings = self.settings
+            policy = UnpicklePolicy(settings.allow_classes, not settings.unrestricted_pickle)
+            self.server = DaemonServer(self.daemon, settings, key=settings.key_bytes(),
+                                       previous_key=settings.previous_key_bytes(),
+                                       admin_key=settings.admin_key_bytes(), policy=policy)
             self.server.start()
         except BaseException as exc:  # reported to the test thread
             self._error = exc

@@ -1,7 +1,7 @@
 """Site register unit tests: cleanup configuration and eviction of stale items.
 
-Every test runs twice: on the memory store and on a store that copies every
-value in and out, as a networked backend does.
+Every test runs three times: on the memory store, on a store that copies
+every value in and out as a networked backend does, and on a Redis store.
 """
 
 import logging
@@ -13,7 +13,8 @@ from gnr_daemon.dispatch import dispatch
 from gnr_daemon.errors import ConfigurationError
 from gnr_daemon.registers import SiteRegister
 from gnr_daemon.registers.constants import META_CLEANUP_EVICTIONS
-from gnr_daemon.store import CopyingMemoryStore, MemoryStore
+
+from redis_fixtures import STORE_PARAMS, make_store
 
 CONFIG = {"interval": 120, "page_max_age": 600, "guest_connection_max_age": 40,
           "connection_max_age": 7200}
@@ -32,9 +33,9 @@ class Clock:
         self.now += timedelta(seconds=seconds)
 
 
-@pytest.fixture(params=[MemoryStore, CopyingMemoryStore], ids=["memory", "copying"])
+@pytest.fixture(params=STORE_PARAMS)
 def store(request):
-    return request.param()
+    return make_store(request)
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """Site register unit tests: users, connections, pages, cascades and indexes.
 
-Every test runs twice: on the memory store and on a store that copies every
-value in and out, as a networked backend does.
+Every test runs three times: on the memory store, on a store that copies
+every value in and out as a networked backend does, and on a Redis store.
 """
 
 import logging
@@ -17,7 +17,9 @@ from gnr_daemon.registers.constants import (
     INDEX_PAGES_BY_TABLE,
     INDEX_PAGES_BY_USER,
 )
-from gnr_daemon.store import CopyingMemoryStore, MemorySiteStore, MemoryStore
+from gnr_daemon.store import MemorySiteStore, MemoryStore
+
+from redis_fixtures import STORE_PARAMS, make_store
 
 
 class Clock:
@@ -33,9 +35,9 @@ class Clock:
         self.now += timedelta(seconds=seconds)
 
 
-@pytest.fixture(params=[MemoryStore, CopyingMemoryStore], ids=["memory", "copying"])
+@pytest.fixture(params=STORE_PARAMS)
 def store(request):
-    return request.param()
+    return make_store(request)
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """Site register unit tests: dump and load.
 
-Every test runs twice: on the memory store and on a store that copies every
-value in and out, as a networked backend does.
+Every test runs three times: on the memory store, on a store that copies
+every value in and out as a networked backend does, and on a Redis store.
 """
 
 import logging
@@ -14,7 +14,8 @@ import pytest
 from gnr_daemon.dispatch import dispatch
 from gnr_daemon.errors import ConfigurationError
 from gnr_daemon.registers import SiteRegister, persistence
-from gnr_daemon.store import CopyingMemoryStore, MemoryStore
+
+from redis_fixtures import STORE_PARAMS, make_store
 
 
 class Clock:
@@ -40,9 +41,10 @@ class Marker:
         return (open, (self.path, "w"))
 
 
-@pytest.fixture(params=[MemoryStore, CopyingMemoryStore], ids=["memory", "copying"])
+@pytest.fixture(params=STORE_PARAMS)
 def store_class(request):
-    return request.param
+    """Return a function that opens a new, empty store of the parametrized kind."""
+    return lambda: make_store(request)
 
 
 @pytest.fixture

@@ -10,16 +10,17 @@ from gnr_daemon.errors import MethodNotFound
 from gnr_daemon.registers import DataTree, SiteRegister
 from gnr_daemon.registers.items import PageRegister
 from gnr_daemon.registers.remotebag import ALLOWED_OPS, RemoteBag
-from gnr_daemon.store import MemoryStore
+
+from redis_fixtures import make_store
 
 
 def clock():
     return datetime(2024, 5, 1, 12, 0, 0)
 
 
-@pytest.fixture
-def store():
-    return MemoryStore()
+@pytest.fixture(params=["memory", "redis"])
+def store(request):
+    return make_store(request)
 
 
 @pytest.fixture
@@ -97,7 +98,7 @@ def test_stop_does_not_raise(register):
 
 SITE_API = {
     "setConfiguration", "on_site_stop", "on_reloader_restart", "stop", "checkCachedTables",
-    "counters", "get_item", "get_item_data",
+    "counters", "get_item", "get_item_data", "store_ops",
     "new_user", "user", "users", "drop_user", "drop_connections",
     "new_connection", "connection", "connections", "user_connection_keys",
     "user_connection_items", "user_connections", "change_connection_user", "drop_connection",

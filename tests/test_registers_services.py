@@ -1,7 +1,7 @@
 """Site register unit tests: locks, table subscriptions, page filters, maintenance, mailboxes.
 
-Every test runs twice: on the memory store and on a store that copies every
-value in and out, as a networked backend does.
+Every test runs three times: on the memory store, on a store that copies
+every value in and out as a networked backend does, and on a Redis store.
 """
 
 from datetime import datetime, timedelta
@@ -10,7 +10,8 @@ import pytest
 
 from gnr_daemon.dispatch import dispatch
 from gnr_daemon.registers import SiteRegister
-from gnr_daemon.store import CopyingMemoryStore, MemoryStore
+
+from redis_fixtures import STORE_PARAMS, make_store
 
 
 class Clock:
@@ -26,9 +27,9 @@ class Clock:
         self.now += timedelta(seconds=seconds)
 
 
-@pytest.fixture(params=[MemoryStore, CopyingMemoryStore], ids=["memory", "copying"])
+@pytest.fixture(params=STORE_PARAMS)
 def store(request):
-    return request.param()
+    return make_store(request)
 
 
 @pytest.fixture

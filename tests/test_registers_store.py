@@ -1,4 +1,8 @@
-"""Unit tests of the store interface: the memory backends and open_store."""
+"""Unit tests of the store interface on every backend, and open_store.
+
+The interface tests run on the memory store, the copying memory store and a
+Redis store.
+"""
 
 import pytest
 
@@ -12,10 +16,12 @@ from gnr_daemon.store import (
     open_store,
 )
 
+from redis_fixtures import STORE_PARAMS, make_store
 
-@pytest.fixture(params=[MemoryStore, CopyingMemoryStore], ids=["memory", "copying"])
+
+@pytest.fixture(params=STORE_PARAMS)
 def store(request):
-    return request.param()
+    return make_store(request)
 
 
 @pytest.fixture
@@ -31,11 +37,11 @@ def test_open_memory(url):
     assert isinstance(open_store(url), MemoryStore)
 
 
-def test_open_redis_not_available():
-    with pytest.raises(ConfigurationError, match="not available yet") as error:
-        open_store("redis://user:secret@localhost:6379/0")
+def test_open_redis_bad_url_masks_password():
+    with pytest.raises(ConfigurationError, match="unknown query parameter") as error:
+        open_store("redis://user:secret@localhost:6379/0?nope=1")
     assert "secret" not in str(error.value)
-    assert "redis://user:***@localhost:6379/0" in str(error.value)
+    assert "redis://***@localhost:6379/0" in str(error.value)
 
 
 def test_open_unknown_scheme():

@@ -137,40 +137,69 @@ def run_cleanup(state):
 
     Return an empty list without doing anything when less than ``interval``
     seconds passed since the previous run (or since the register's creation).
+    Only one caller gets each run, also across daemons sharing a store. The
+    candidates are listed outside any transaction, and each one is checked
+    again and dropped in its own atomic step, so that the pings of other
+    pages do not make a long run start over.
     """
+    store = state.store
     now = state.now()
-    config = current_config(state)
-    last_run = state.store.get_meta(META_CLEANUP_LAST_RUN) or state.store.get_meta(META_CREATED_TS)
-    if last_run is not None and (now - last_run).total_seconds() < config["interval"]:
+    config = store.run_atomic(_claim_run, state, now)
+    if config is None:
         return []
-    state.store.put_meta(META_CLEANUP_LAST_RUN, now)
 
     dropped = []
-    for page_id, page in state.store.items("page").items():
-        idle = _stale_seconds(page, "page", config, now)
-        if idle is not None:
-            log.debug("site %r: page %r idle for %.0f s", state.sitename, page_id, idle)
-            lifecycle.drop_page(state, page_id, cascade=False, dropped=dropped)
+    for page_id, page in store.items("page").items():
+        if _stale_seconds(page, "page", config, now) is not None:
+            dropped.extend(store.run_atomic(_drop_if_stale, state, "page", page_id, config, now))
 
     expired = []
-    for connection_id in state.store.item_ids("connection"):
-        connection = state.store.get_item("connection", connection_id)
-        if connection is None:
-            continue
-        idle = _stale_seconds(connection, "connection", config, now)
-        if idle is not None:
-            log.debug("site %r: connection %r idle for %.0f s",
-                      state.sitename, connection_id, idle)
-            lifecycle.drop_connection(state, connection_id, cascade=True, dropped=dropped)
-            expired.append(connection_id)
+    for connection_id, connection in store.items("connection").items():
+        if _stale_seconds(connection, "connection", config, now) is not None:
+            evicted = store.run_atomic(_drop_if_stale, state, "connection", connection_id,
+                                       config, now)
+            if evicted:
+                expired.append(connection_id)
+                dropped.extend(evicted)
 
-    _record_evictions(state, dropped)
+    store.run_atomic(_record_evictions, state, dropped)
     if dropped:
         kinds = [register for register, _ in dropped]
         log.info("site %r: cleanup evicted %d page(s), %d connection(s), %d user(s)",
                  state.sitename, kinds.count("page"), kinds.count("connection"),
                  kinds.count("user"))
     return expired
+
+
+def _claim_run(state, now):
+    """Record a cleanup run at ``now`` and return the settings, or None when it is too early."""
+    config = current_config(state)
+    last_run = state.store.get_meta(META_CLEANUP_LAST_RUN) or state.store.get_meta(META_CREATED_TS)
+    if last_run is not None and (now - last_run).total_seconds() < config["interval"]:
+        return None
+    state.store.put_meta(META_CLEANUP_LAST_RUN, now)
+    return config
+
+
+def _drop_if_stale(state, register, item_id, config, now):
+    """Drop one page (no cascade) or connection (with cascade) if it is still stale.
+
+    Return the list of ``(register, item_id)`` dropped, empty when the item
+    is gone or was refreshed meanwhile.
+    """
+    item = state.store.get_item(register, item_id)
+    if item is None:
+        return []
+    idle = _stale_seconds(item, register, config, now)
+    if idle is None:
+        return []
+    log.debug("site %r: %s %r idle for %.0f s", state.sitename, register, item_id, idle)
+    dropped = []
+    if register == "page":
+        lifecycle.drop_page(state, item_id, cascade=False, dropped=dropped)
+    else:
+        lifecycle.drop_connection(state, item_id, cascade=True, dropped=dropped)
+    return dropped
 
 
 def claim_cleanup(state, min_gap_seconds):

@@ -242,8 +242,29 @@ class ConnectionRegister(ItemRegister):
     """Browser connections, keyed by connection id."""
 
 
+# Pages that one atomic step of notifyDbEvents or setInClientData queues changes on.
+_PAGES_PER_STEP = 64
+
+
 class PageRegister(ItemRegister):
     """Browser pages, with the page-only operations."""
+
+    def _queue_on_pages(self, page_ids, build_changes, replace=False):
+        """Queue the changes ``build_changes()`` returns on each page, a few pages per atomic step.
+
+        The steps are separate so that pings of the target pages, which
+        rewrite the page items, do not make one large step start over.
+        """
+        store = self._state.store
+        for start in range(0, len(page_ids), _PAGES_PER_STEP):
+            store.run_atomic(self._queue_step, page_ids[start:start + _PAGES_PER_STEP],
+                             build_changes, replace)
+
+    def _queue_step(self, page_ids, build_changes, replace):
+        self._state.prefetch(items=[("page", page_id) for page_id in page_ids])
+        for page_id in page_ids:
+            for change in build_changes():
+                self._state.queue_datachange("page", page_id, change, replace=replace)
 
     def _target_page_ids(self, page_id, filters):
         if filters:
@@ -281,7 +302,6 @@ class PageRegister(ItemRegister):
         item["subscribed_paths"].update(path for path, _, _ in entries)
         self._put(page_id, item)
 
-    @atomic
     def setInClientData(self, path, value=None, attributes=None, page_id=None, filters=None,
                         fired=False, reason=None, public=False, replace=False):
         """Queue a client data change on the pages matching ``filters``, else on ``page_id``.
@@ -303,14 +323,17 @@ class PageRegister(ItemRegister):
         else:
             changes = [(path, value, attributes, fired)]
         now = self._state.now()
-        for target in self._target_page_ids(page_id, filters):
-            for change_path, change_value, change_attributes, change_fired in changes:
-                change = DataChange(
-                    change_path, copy_value(change_value),
-                    attributes=dict(change_attributes) if change_attributes else None,
-                    fired=change_fired, reason=reason, change_ts=now,
-                )
-                self._state.queue_datachange("page", target, change, replace=replace)
+
+        def build_changes():
+            return [
+                DataChange(change_path, copy_value(change_value),
+                           attributes=dict(change_attributes) if change_attributes else None,
+                           fired=change_fired, reason=reason, change_ts=now)
+                for change_path, change_value, change_attributes, change_fired in changes
+            ]
+
+        self._queue_on_pages(self._target_page_ids(page_id, filters), build_changes,
+                             replace=replace)
 
     def filter_subscribed_tables(self, table_list):
         """Return the tables of ``table_list`` that at least one page subscribes to."""
@@ -332,7 +355,6 @@ class PageRegister(ItemRegister):
                 result.append((page_id, self._state.public_item("page", item)))
         return result
 
-    @atomic
     def notifyDbEvents(self, dbeventsDict=None, origin_page_id=None, dbevent_reason=None,
                        **kwargs):
         """Invalidate cached data of changed tables and queue their events on subscribed pages.
@@ -343,16 +365,20 @@ class PageRegister(ItemRegister):
         if dbeventsDict is not None and not isinstance(dbeventsDict, dict):
             raise TypeError(f"invalid dbeventsDict {dbeventsDict!r}: expected a dict "
                             "table -> list of events")
+        store = self._state.store
         for table, events in (dbeventsDict or {}).items():
             if not events:
                 continue
-            self._state.invalidate_table(table)
+            store.run_atomic(self._state.invalidate_table, table)
             path = "gnr.dbchanges." + table.replace(".", "_")
             attributes = {"from_page_id": origin_page_id, "dbevent_reason": dbevent_reason}
             now = self._state.now()
-            for page_id in sorted(self._state.store.index_members(INDEX_PAGES_BY_TABLE, table)):
-                change = DataChange(path, list(events), attributes=dict(attributes), change_ts=now)
-                self._state.queue_datachange("page", page_id, change)
+
+            def build_changes(path=path, events=events, attributes=attributes, now=now):
+                return [DataChange(path, list(events), attributes=dict(attributes), change_ts=now)]
+
+            page_ids = sorted(store.index_members(INDEX_PAGES_BY_TABLE, table))
+            self._queue_on_pages(page_ids, build_changes)
 
     def pageInMaintenance(self, page_id=None):
         """Return whether the page's user is locked out by maintenance; None for an unknown page."""

@@ -158,6 +158,7 @@ def create_page(state, page_id, pagename=None, connection_id=None, subscribed_ta
         user_agent=user_agent, relative_url=relative_url, subscribed_tables=tables,
     )
     index_item(state, "page", item)
+    state.remember_page_route(page_id, connection_id, (user,))
     return state.store.get_item("page", page_id)
 
 

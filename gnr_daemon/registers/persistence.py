@@ -38,6 +38,7 @@ previous dump intact.
 """
 
 import contextlib
+import io
 import logging
 import os
 import pickle
@@ -64,6 +65,7 @@ __all__ = [
     "build_payload",
     "write_dump",
     "read_dump",
+    "restricted_loads",
     "restore",
     "loaded_path",
 ]
@@ -116,6 +118,15 @@ class _DumpUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
+def restricted_loads(data):
+    """Unpickle ``data`` allowing only the classes in ``SAFE_GLOBALS``.
+
+    Raises InvalidDump when the data references any other class or function.
+    The Redis store reads its values with this function too.
+    """
+    return _DumpUnpickler(io.BytesIO(data)).load()
+
+
 # -- writing
 
 
@@ -125,6 +136,7 @@ def build_payload(state):
     registers = {}
     for register in REGISTER_NAMES:
         items = store.items(register)
+        state.prefetch(data=[(register, item_id) for item_id in items])
         data = {}
         for item_id in items:
             tree = store.get_data(register, item_id)

@@ -98,6 +98,10 @@ def refresh_page(state, page_id, last_user_ts=None, last_rpc_ts=None, page_profi
 
     Return None when the page, its connection or its user is unknown; the
     items that exist are refreshed all the same.
+
+    NOTE: every refresh rewrites the connection and user items. On a shared
+    store the concurrent pings of one user's pages therefore conflict and
+    run again, which only users with very many busy tabs notice.
     """
     last_user_ts = as_timestamp(last_user_ts, "last_user_ts")
     last_rpc_ts = as_timestamp(last_rpc_ts, "last_rpc_ts")
@@ -111,7 +115,10 @@ def refresh_page(state, page_id, last_user_ts=None, last_rpc_ts=None, page_profi
     if connection_id is None:
         return None
     connection = refresh_item(state, "connection", connection_id, last_user_ts, last_rpc_ts, now)
-    if connection is None or not connection.get("user"):
+    if connection is None:
+        return None
+    state.remember_page_route(page_id, connection_id, (page.get("user"), connection.get("user")))
+    if not connection.get("user"):
         return None
     return refresh_item(state, "user", connection["user"], last_user_ts, last_rpc_ts, now)
 
@@ -189,6 +196,11 @@ def handle_ping(state, page_id, serverstore_changes, options):
     ``options`` contains the ping's other keyword arguments (``_lastUserEventTs``,
     ``_lastRpc``, ``_pageProfilers``, ``_children_pages_info``); others are ignored.
     """
+    children_info = options.get("_children_pages_info")
+    child_ids = list(children_info) if isinstance(children_info, dict) else []
+    # Every key this call reads is fetched in one round trip when the store
+    # uses hints; the pages' connections and users come from remembered routes.
+    state.prefetch_pages([page_id, *child_ids])
     page = state.store.get_item("page", page_id)
     if page is None:
         return False
@@ -199,7 +211,7 @@ def handle_ping(state, page_id, serverstore_changes, options):
                                 f"_lastUserEventTs of page {page_id!r}")
     last_rpc_ts = as_timestamp(options.get("_lastRpc"), f"_lastRpc of page {page_id!r}")
     own_changes = decode_store_changes(serverstore_changes, page_id)
-    children = _decode_children(options.get("_children_pages_info"))
+    children = _decode_children(children_info)
 
     refresh_page(state, page_id, last_user_ts, last_rpc_ts, options.get("_pageProfilers"))
     apply_store_changes(state, page_id, own_changes)

@@ -82,9 +82,13 @@ class RemoteBag:
         return getattr(_subtree(tree, self._subpath), name)(*args, **kwargs)
 
     def _write(self, name, args, kwargs):
-        with self._state.store.transaction():
-            with self._state.writing_data(self._register, self._item_id) as tree:
-                return getattr(_subtree(tree, self._subpath), name)(*args, **kwargs)
+        return self._state.store.run_atomic(self._write_once, name, args, kwargs)
+
+    def _write_once(self, name, args, kwargs):
+        self._state.prefetch(items=[(self._register, self._item_id)],
+                             data=[(self._register, self._item_id)])
+        with self._state.writing_data(self._register, self._item_id) as tree:
+            return getattr(_subtree(tree, self._subpath), name)(*args, **kwargs)
 
     # Each allowed operation is a plain function in the class body, because
     # the dispatcher calls only functions defined on the target's class.

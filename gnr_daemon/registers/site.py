@@ -24,10 +24,11 @@ import os
 import types
 from datetime import datetime
 
-from ..errors import ConfigurationError, MethodNotFound
+from ..errors import ConfigurationError, MethodNotFound, StoreError
 from . import cleanup as cleanup_module
-from . import lifecycle, mailboxes, maintenance, persistence, ping, subscriptions
+from . import lifecycle, mailboxes, maintenance, persistence, ping, storeops, subscriptions
 from .constants import (
+    META_CLEANUP_EVICTIONS,
     DEFAULT_CLEANUP_INTERVAL,
     DEFAULT_CONNECTION_MAX_AGE,
     DEFAULT_GUEST_CONNECTION_MAX_AGE,
@@ -89,8 +90,7 @@ class SiteRegister:
         self._registers = {
             name: REGISTER_CLASSES[name](self._state, name) for name in REGISTER_NAMES
         }
-        with site_store.transaction():
-            self._ensure_site_items()
+        site_store.run_atomic(self._ensure_site_items)
 
     def _ensure_site_items(self):
         store = self._state.store
@@ -135,13 +135,27 @@ class SiteRegister:
         self._storage_path = storage_path
 
     def _info(self):
-        store = self._state.store
+        """Return the site's name, storage path, counters and start time.
+
+        The daemon calls this while it stops a site, so a store that cannot
+        be reached gives None counters and start time instead of an error.
+        """
+        try:
+            counters = self.counters()
+            start_ts = self._state.store.get_meta(META_CREATED_TS)
+        except StoreError as error:
+            log.warning("site %r: counters not read: %s", self._sitename, error)
+            counters = start_ts = None
         return {
             "sitename": self._sitename,
             "storage_path": self._storage_path,
-            "counters": self.counters(),
-            "start_ts": store.get_meta(META_CREATED_TS),
+            "counters": counters,
+            "start_ts": start_ts,
         }
+
+    def _cleanup_evictions(self):
+        """Return the cumulative eviction counts, ``{register name: count}``."""
+        return dict(self._state.store.get_meta(META_CLEANUP_EVICTIONS) or {})
 
     def _cleanup_interval(self):
         """Return the configured pull-all cleanup interval, in seconds."""
@@ -157,8 +171,7 @@ class SiteRegister:
                 f"site {self._sitename!r} has no storage path, so its state cannot be dumped; "
                 "register the site with storage_path set"
             )
-        with self._state.store.transaction():
-            payload = persistence.build_payload(self._state)
+        payload = self._state.store.run_atomic(persistence.build_payload, self._state)
         persistence.write_dump(self._storage_path, payload)
         log.info("site %r: state dumped to %s", self._sitename, self._storage_path)
 
@@ -169,9 +182,7 @@ class SiteRegister:
             return False
         try:
             payload = persistence.read_dump(path)
-            with self._state.store.transaction():
-                persistence.restore(self._state, payload)
-                self._ensure_site_items()
+            self._state.store.run_atomic(self._restore, payload)
         except FileNotFoundError:
             log.debug("site %r: no dump file at %s", self._sitename, path)
             return False
@@ -186,6 +197,10 @@ class SiteRegister:
                       self._sitename, path, persistence.loaded_path(path), error)
         log.info("site %r: state restored from %s", self._sitename, path)
         return True
+
+    def _restore(self, payload):
+        persistence.restore(self._state, payload)
+        self._ensure_site_items()
 
     # -- lifecycle and configuration
 
@@ -224,12 +239,8 @@ class SiteRegister:
         return self._state.public_item(register, item, include_data)
 
     def _items_by_ids(self, register, item_ids, include_data=None):
-        result = []
-        for item_id in sorted(item_ids):
-            item = self._state.store.get_item(register, item_id)
-            if item is not None:
-                result.append(self._public(register, item, include_data))
-        return result
+        items = self._state.store.get_items(register, sorted(item_ids))
+        return [self._public(register, item, include_data) for item in items.values()]
 
     def get_item(self, register_item_id, include_data=False, register_name=None):
         """Return a copy of the item, or None.
@@ -244,6 +255,20 @@ class SiteRegister:
             if item is not None:
                 return self._public(name, item, include_data)
         return None
+
+    @atomic
+    def store_ops(self, register_name, register_item_id, ops, lock_reason=None, acquire=False,
+                  release=False):
+        """Run data and datachange operations on one item in one call; return ``(granted, results)``.
+
+        ``ops`` is a list of ``(name, args, kwargs)``; see ``storeops.py`` for
+        the allowed names, the optional lock taken and released around them,
+        and the result format.
+        """
+        _check_register_name(register_name)
+        return storeops.run_store_ops(self._state, self._registers[register_name],
+                                      register_item_id, ops, lock_reason=lock_reason,
+                                      acquire=acquire, release=release)
 
     def get_item_data(self, register_item_id, register_name=None):
         """Return a copy of the item's data tree; an unknown item gives an empty tree."""
@@ -286,6 +311,7 @@ class SiteRegister:
     def new_connection(self, connection_id, connection_name=None, user=None, user_id=None,
                        user_name=None, user_tags=None, user_ip=None, user_agent=None,
                        browser_name=None, avatar_extra=None, electron_static=None):
+        self._state.prefetch(items=[("connection", connection_id), ("user", user)])
         item = lifecycle.create_connection(
             self._state, connection_id, connection_name=connection_name, user=user,
             user_id=user_id, user_name=user_name, user_tags=user_tags, user_ip=user_ip,
@@ -339,6 +365,7 @@ class SiteRegister:
 
         ``subscribed_tables`` is a comma-separated string and ``data`` seeds the page store.
         """
+        self._state.prefetch(items=[("page", page_id)], data=[("page", page_id)])
         item = lifecycle.create_page(
             self._state, page_id, pagename=pagename, connection_id=connection_id,
             subscribed_tables=subscribed_tables, user=user, user_ip=user_ip,
@@ -372,11 +399,7 @@ class SiteRegister:
         if page_ids is None:
             candidates = store.items("page").values()
         else:
-            candidates = []
-            for page_id in sorted(page_ids):
-                item = store.get_item("page", page_id)
-                if item is not None:
-                    candidates.append(item)
+            candidates = store.get_items("page", sorted(page_ids)).values()
         return [self._public("page", item, include_data) for item in candidates
                 if clauses is None or item_matches(item, clauses)]
 
@@ -405,6 +428,7 @@ class SiteRegister:
     @atomic
     def refresh(self, page_id, last_user_ts=None, last_rpc_ts=None, pageProfilers=None):
         """Refresh a page, its connection and its user; return the user item or None."""
+        self._state.prefetch_pages([page_id])
         item = ping.refresh_page(self._state, page_id, last_user_ts, last_rpc_ts, pageProfilers)
         return None if item is None else self._public("user", item)
 
@@ -419,6 +443,7 @@ class SiteRegister:
     @atomic
     def handle_ping_get_datachanges(self, page_id, user=None):
         """Return the page's pending changes as ``sc_<n>`` nodes, emptying its queue."""
+        self._state.prefetch_pages([page_id], users=[user])
         pending = subscriptions.collect_page_changes(self._state, user, page_id)
         return ping.render_datachanges(pending)
 
@@ -426,11 +451,13 @@ class SiteRegister:
     def set_serverstore_changes(self, page_id=None, datachanges=None):
         """Write browser changes (path -> typed text or value) into the page store, all or none."""
         changes = ping.decode_store_changes(datachanges, page_id)
+        self._state.prefetch_pages([page_id], routes=False)
         ping.apply_store_changes(self._state, page_id, changes)
 
     @atomic
     def subscription_storechanges(self, user, page_id):
         """Return the page's own pending changes (emptying them), then its user-store changes."""
+        self._state.prefetch_pages([page_id], users=[user])
         return subscriptions.collect_page_changes(self._state, user, page_id)
 
     # -- subscriptions
@@ -474,11 +501,11 @@ class SiteRegister:
 
     # -- cleanup
 
-    @atomic
     def cleanup(self):
         """Evict stale pages and connections, at most once per interval.
 
-        Return the ids of the dropped connections.
+        Return the ids of the dropped connections. Each eviction is its own
+        atomic step, so a long cleanup does not hold back other calls.
         """
         return cleanup_module.run_cleanup(self._state)
 

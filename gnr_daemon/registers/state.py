@@ -26,7 +26,12 @@ import itertools
 import json
 import logging
 
-from .constants import INDEX_ITEM_TABLE_CACHE, INDEX_TABLE_CACHE
+from .constants import (
+    INDEX_ITEM_TABLE_CACHE,
+    INDEX_TABLE_CACHE,
+    META_KIND_SUBSCRIPTION_MARKS,
+    meta_name,
+)
 from .datachange import DataChange
 from .datatree import DataTree
 
@@ -36,18 +41,26 @@ log = logging.getLogger(__name__)
 
 SERVER_CHANGE_REASON = "serverChange"
 
+# Pages whose route (connection and users) is remembered for prefetching;
+# beyond this many the remembered routes are all forgotten at once.
+MAX_PAGE_ROUTES = 100_000
+
 _trigger_keys = itertools.count()
 
 
 def atomic(method):
-    """Run a register method inside its site store's transaction."""
+    """Run a register method as one atomic read-modify-write of its site store.
+
+    On the memory store this is a plain call. A networked store may run the
+    method more than once (see ``SiteStore.run_atomic``), so a method marked
+    atomic changes nothing but the store.
+    """
 
     @functools.wraps(method)
-    def run_in_transaction(self, *args, **kwargs):
-        with self._state.store.transaction():
-            return method(self, *args, **kwargs)
+    def run_atomically(self, *args, **kwargs):
+        return self._state.store.run_atomic(method, self, *args, **kwargs)
 
-    return run_in_transaction
+    return run_atomically
 
 
 def item_copy(item):
@@ -94,9 +107,55 @@ class SiteState:
         self.sitename = sitename
         self.store = store
         self.clock = clock
+        self._page_routes = {}
 
     def now(self):
         return self.clock()
+
+    # -- prefetch hints (they only save round trips on a networked store)
+
+    def prefetch(self, items=(), data=(), meta=()):
+        """Pass a prefetch hint to the store when it uses them."""
+        if self.store.prefetches:
+            self.store.prefetch(items=items, data=data, meta=meta)
+
+    def remember_page_route(self, page_id, connection_id, users):
+        """Remember the connection and users that calls on ``page_id`` read.
+
+        ``prefetch_pages`` uses the route to read them in the same round trip
+        as the page. A stale route costs one extra round trip, never a wrong
+        result, because the values are read again where they are used.
+        """
+        if not self.store.prefetches:
+            return
+        if len(self._page_routes) >= MAX_PAGE_ROUTES:
+            self._page_routes.clear()
+        self._page_routes[page_id] = (connection_id, tuple(user for user in users if user))
+
+    def prefetch_pages(self, page_ids, users=(), routes=True):
+        """Prefetch the items and data of pages, with their remembered connection and users.
+
+        ``users`` adds user items, data and subscription marks to the
+        prefetch; ``routes`` false leaves the remembered routes out.
+        """
+        if not self.store.prefetches:
+            return
+        items, data = [], []
+        users = list(users)
+        for page_id in page_ids:
+            items.append(("page", page_id))
+            data.append(("page", page_id))
+            route = self._page_routes.get(page_id) if routes else None
+            if route is not None:
+                items.append(("connection", route[0]))
+                users.extend(route[1])
+        meta = []
+        for user in dict.fromkeys(users):
+            if user:
+                items.append(("user", user))
+                data.append(("user", user))
+                meta.append(meta_name(META_KIND_SUBSCRIPTION_MARKS, user))
+        self.store.prefetch(items=items, data=data, meta=meta)
 
     # -- items
 

@@ -1,14 +1,14 @@
 """Storage backends of the site registers, and ``open_store`` to pick one by URL.
 
 ``memory:`` (also ``memory://`` and None) keeps everything in the daemon's
-process. The interface every backend implements is in ``base.py``.
+process. ``redis://``, ``rediss://``, ``unix://`` and ``redis+sentinel://``
+keep everything in Redis (``redis_store.py``); ``urls.py`` lists every URL
+form. The interface every backend implements is in ``base.py``.
 """
 
-from urllib.parse import urlsplit
-
-from ..errors import ConfigurationError
 from .base import SiteStore, Store
 from .memory import CopyingMemoryStore, MemorySiteStore, MemoryStore
+from .urls import StoreURL, parse_store_url
 
 __all__ = [
     "Store",
@@ -16,38 +16,24 @@ __all__ = [
     "MemoryStore",
     "MemorySiteStore",
     "CopyingMemoryStore",
+    "StoreURL",
+    "parse_store_url",
     "open_store",
 ]
 
-_SUPPORTED = "memory: (or memory://)"
 
+def open_store(url=None, hmac_key=None):
+    """Return a new store backend for ``url``.
 
-def open_store(url=None):
-    """Return a new store backend for ``url``; raise ConfigurationError for an unsupported one."""
-    if url is None or url in ("memory:", "memory://"):
+    ``hmac_key`` (bytes or None) is the daemon's key; a Redis store uses it
+    to tag the values it writes and to check them before unpickling. Raises
+    ConfigurationError for a URL that is invalid or of an unsupported
+    scheme. An unreachable Redis is not an error here: the store starts
+    down and reconnects in the background.
+    """
+    parsed = parse_store_url(url)
+    if parsed.is_memory:
         return MemoryStore()
-    if not isinstance(url, str):
-        raise ConfigurationError(
-            f"invalid store URL {url!r}: expected a string such as {_SUPPORTED}"
-        )
-    scheme = urlsplit(url).scheme.lower()
-    if scheme in ("redis", "rediss"):
-        raise ConfigurationError(
-            f"store URL {_describe_url(url)!r}: the {scheme}:// store is not available yet "
-            f"in this version of gnr_daemon; use {_SUPPORTED}"
-        )
-    raise ConfigurationError(
-        f"unsupported store URL {_describe_url(url)!r}: supported schemes are {_SUPPORTED}"
-    )
+    from .redis_store import RedisStore
 
-
-def _describe_url(url):
-    """Return ``url`` with any password replaced by ``***``, cut to 100 characters."""
-    try:
-        parts = urlsplit(url)
-        if parts.password:
-            netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-            url = parts._replace(netloc=netloc).geturl()
-    except ValueError:
-        pass
-    return url if len(url) <= 100 else url[:97] + "..."
+    return RedisStore(parsed, hmac_key=hmac_key)

@@ -83,6 +83,18 @@ class SiteStore(abc.ABC):
         """Return a new dict ``item_id -> item`` of ``register``, in insertion order."""
         raise NotImplementedError
 
+    def get_items(self, register, item_ids):
+        """Return a new dict ``item_id -> item`` of the ids that exist, in the order given.
+
+        A networked backend reads them in one round trip.
+        """
+        result = {}
+        for item_id in item_ids:
+            item = self.get_item(register, item_id)
+            if item is not None:
+                result[item_id] = item
+        return result
+
     @abc.abstractmethod
     def count_items(self, register):
         """Return the number of items in ``register``."""
@@ -174,16 +186,40 @@ class SiteStore(abc.ABC):
 
     # -- atomicity and reset
 
+    #: True when ``prefetch`` saves round trips, so callers may spend work on naming keys.
+    prefetches = False
+
     @abc.abstractmethod
     def transaction(self):
         """Return a re-entrant context manager that makes a read-modify-write atomic.
 
-        Every register method that reads and then writes runs inside it. On the
-        memory store it does nothing, because register code never yields to
-        another greenlet between a read and a write. A networked backend turns
-        the outermost block into one atomic unit.
+        On the memory store it does nothing, because register code never
+        yields to another greenlet between a read and a write. A networked
+        backend turns the outermost block into one atomic unit, tried once:
+        it raises StoreError when another writer got in the way, and
+        ``run_atomic`` is the form that tries again.
         """
         raise NotImplementedError
+
+    def run_atomic(self, function, *args, **kwargs):
+        """Call ``function(*args, **kwargs)`` as one atomic read-modify-write; return its result.
+
+        Every register method that reads and then writes runs through it. A
+        networked backend may call ``function`` several times, until no other
+        writer changed what it read, so ``function`` must not have effects
+        outside the store other than logging. A call inside another
+        ``run_atomic`` or ``transaction()`` joins it.
+        """
+        with self.transaction():
+            return function(*args, **kwargs)
+
+    def prefetch(self, items=(), data=(), meta=(), indexes=()):
+        """Hint that the running transaction will read these values; the default does nothing.
+
+        ``items`` and ``data`` are ``(register, item_id)`` pairs, ``meta``
+        meta names and ``indexes`` ``(index, key)`` pairs. A networked
+        backend reads them all in one round trip.
+        """
 
     @abc.abstractmethod
     def clear(self):
