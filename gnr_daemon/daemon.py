@@ -21,7 +21,13 @@ import gevent
 
 from . import __version__
 from .dispatch import check_method_name, dispatch
-from .errors import ConfigurationError, PermissionDenied, SiteNotFound, describe_exception
+from .errors import (
+    ConfigurationError,
+    PermissionDenied,
+    SiteNotFound,
+    StoreError,
+    describe_exception,
+)
 from .registers import SiteRegister
 
 __all__ = ["Daemon", "MAX_SITENAME_LENGTH", "MAX_BATCH_CALLS"]
@@ -227,6 +233,7 @@ class Daemon:
 
     def _cleanup_loop(self, sitename, register):
         """Run the site's pull-all cleanup about every ``interval`` seconds, forever."""
+        last_store_warning = -60.0
         while True:
             try:
                 interval = float(register._cleanup_interval())
@@ -236,6 +243,12 @@ class Daemon:
             gevent.sleep(min(max(interval, 1.0), _CLEANUP_MAX_SLEEP))
             try:
                 register.cleanup()
+            except StoreError as exc:
+                # A store outage repeats every few seconds: one line per minute.
+                now = time.monotonic()
+                if now - last_store_warning >= 60:
+                    last_store_warning = now
+                    log.warning("site %r: periodic cleanup skipped: %s", sitename, exc)
             except Exception:
                 log.exception("site %r: periodic cleanup failed", sitename)
 

@@ -166,11 +166,12 @@ def test_plain_client_on_tls_port_fails(redis_server_factory, certificates):
 # -- Sentinel
 
 
-def start_sentinel(redis_server_factory, primary, name="sentinel"):
+def start_sentinel(redis_server_factory, primary, name="sentinel", options=()):
     return redis_server_factory(name=name, sentinel=True, options=[
         f"sentinel monitor mymaster 127.0.0.1 {primary.port} 1",
         "sentinel down-after-milliseconds mymaster 1000",
         "sentinel failover-timeout mymaster 10000",
+        *options,
     ])
 
 
@@ -182,6 +183,24 @@ def test_sentinel_primary(redis_server_factory):
     client = primary.client(db=1)
     assert client.exists("{sen:demo}:item:page:p1") == 1
     client.close()
+
+
+def test_sentinel_with_passwords(redis_server_factory):
+    primary = redis_server_factory(name="primary", options=["requirepass primary-pw"])
+    sentinel = start_sentinel(redis_server_factory, primary, options=[
+        "sentinel auth-pass mymaster primary-pw", "requirepass sentinel-pw"])
+    url = (f"redis+sentinel://:primary-pw@127.0.0.1:{sentinel.port}/mymaster?prefix=sp:"
+           "&sentinel_password=sentinel-pw")
+    assert round_trip(url) == "alice"
+    store = open_store(f"redis+sentinel://:primary-pw@127.0.0.1:{sentinel.port}/mymaster"
+                       "?socket_timeout=1&sentinel_password=wrong-pw")
+    try:
+        health = store.health()
+        assert health["ok"] is False
+        assert "wrong-pw" not in str(health)
+        assert "sentinel_password=***" in health["url"]
+    finally:
+        store.close()
 
 
 def test_sentinel_unknown_service(redis_server_factory):

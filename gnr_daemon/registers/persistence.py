@@ -44,6 +44,7 @@ import os
 import pickle
 import tempfile
 
+from ..safepickle import DEFAULT_ALLOWED_CLASSES, current_policy
 from . import lifecycle, subscriptions
 from .constants import (
     META_CLEANUP_CLAIM_TS,
@@ -75,25 +76,9 @@ log = logging.getLogger(__name__)
 DUMP_FORMAT = "gnr_daemon.siteregister"
 DUMP_VERSION = 1
 
-#: The only (module, name) globals a dump file may reference.
-SAFE_GLOBALS = frozenset({
-    ("builtins", "set"),
-    ("builtins", "frozenset"),
-    ("builtins", "bytearray"),
-    ("builtins", "complex"),
-    ("datetime", "date"),
-    ("datetime", "datetime"),
-    ("datetime", "time"),
-    ("datetime", "timedelta"),
-    ("datetime", "timezone"),
-    ("decimal", "Decimal"),
-    ("uuid", "UUID"),
-    ("uuid", "SafeUUID"),
-    ("collections", "OrderedDict"),
-    ("gnr_daemon.registers.datatree", "DataTree"),
-    ("gnr_daemon.registers.datatree", "DataNode"),
-    ("gnr_daemon.registers.datachange", "DataChange"),
-})
+#: The (module, name) globals a dump file may reference by default; the
+#: daemon's unpickling policy (``--allow-class``) extends them.
+SAFE_GLOBALS = DEFAULT_ALLOWED_CLASSES
 
 # Meta values that a load keeps from the running register.
 _PRESERVED_META = (
@@ -113,13 +98,16 @@ class InvalidDump(ValueError):
 
 class _DumpUnpickler(pickle.Unpickler):
     def find_class(self, module, name):
-        if (module, name) not in SAFE_GLOBALS:
-            raise InvalidDump(f"the dump references {module}.{name}, which is not an allowed class")
+        policy = current_policy()
+        if policy.restricted and (module, name) not in policy.allowed:
+            raise InvalidDump(f"the data references {module}.{name}, which is not an allowed "
+                              f"class: start the daemon with --allow-class {module}.{name} if "
+                              "it is trusted")
         return super().find_class(module, name)
 
 
 def restricted_loads(data):
-    """Unpickle ``data`` allowing only the classes in ``SAFE_GLOBALS``.
+    """Unpickle ``data`` allowing only the classes of the daemon's unpickling policy.
 
     Raises InvalidDump when the data references any other class or function.
     The Redis store reads its values with this function too.

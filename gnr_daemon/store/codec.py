@@ -11,8 +11,8 @@ A stored value is one format byte followed by the payload:
 
 Reading checks the tag with ``hmac.compare_digest`` before any byte is
 unpickled, then unpickles with the dump file's restricted unpickler
-(``persistence.restricted_loads``), which accepts the classes of
-``persistence.SAFE_GLOBALS`` only. So write access to Redis alone does not
+(``persistence.restricted_loads``), which accepts the classes of the
+daemon's unpickling policy only (``gnr_daemon.safepickle``). So write access to Redis alone does not
 let anyone run code in the daemon. Writing checks the same allow-list while
 pickling, so a value that could not be read back is rejected before it is
 stored.
@@ -20,6 +20,7 @@ stored.
 
 import hashlib
 import hmac
+import logging
 import importlib
 import io
 import pickle
@@ -38,24 +39,34 @@ PICKLE_PROTOCOL = pickle.HIGHEST_PROTOCOL
 # confused with the tags of wire frames made with the same daemon key.
 _KEY_CONTEXT = b"gnr_daemon store values v1"
 
-_allowed_classes = None
+log = logging.getLogger(__name__)
+
+_allowed_cache = {}
 
 
 def _allowed():
-    """Return the set of classes named in ``SAFE_GLOBALS``, imported on first use."""
-    global _allowed_classes
-    if _allowed_classes is None:
-        from ..registers.persistence import SAFE_GLOBALS
+    """Return the classes the daemon's unpickling policy allows, or None when it allows all."""
+    from ..safepickle import current_policy
 
+    policy = current_policy()
+    if not policy.restricted:
+        return None
+    classes = _allowed_cache.get(policy)
+    if classes is None:
         classes = set()
-        for module, name in SAFE_GLOBALS:
-            classes.add(getattr(importlib.import_module(module), name))
-        _allowed_classes = frozenset(classes)
-    return _allowed_classes
+        for module, name in policy.allowed:
+            try:
+                classes.add(getattr(importlib.import_module(module), name))
+            except (ImportError, AttributeError):
+                log.warning("allowed class %s.%s cannot be imported", module, name)
+        classes = frozenset(classes)
+        _allowed_cache.clear()
+        _allowed_cache[policy] = classes
+    return classes
 
 
 class _CheckingPickler(pickle.Pickler):
-    """Pickler that rejects every class outside ``SAFE_GLOBALS``.
+    """Pickler that rejects every class outside the daemon's unpickling policy.
 
     ``reducer_override`` is called for every object that is not None, a
     bool, an int, a float, bytes, str, or an exact dict, set, frozenset,
@@ -64,12 +75,14 @@ class _CheckingPickler(pickle.Pickler):
 
     def reducer_override(self, obj):
         allowed = _allowed()
+        if allowed is None:
+            return NotImplemented
         cls = obj if isinstance(obj, type) else type(obj)
         if cls not in allowed:
             raise StoreError(
                 f"cannot store a value of type {cls.__module__}.{cls.__qualname__}: the store "
                 "accepts only built-in types, date and time values, Decimal, UUID, "
-                "DataTree and DataChange"
+                "DataTree, DataChange and classes allowed with --allow-class"
             )
         return NotImplemented
 
