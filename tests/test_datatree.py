@@ -762,7 +762,7 @@ def test_pickle_drops_subscribers():
     tree = sample_tree()
     record_events(tree)
     restored = pickle.loads(pickle.dumps(tree, protocol=5))
-    assert restored._subscribers == {}
+    assert not restored._subscribers
 
 
 def test_pickle_of_unpicklable_subscriber_succeeds():

@@ -146,8 +146,10 @@ class DataTree:
         self._nodes: list[DataNode] = []
         self._by_label: dict[str, DataNode] = {}
         self._parent_node: DataNode | None = None
-        self._subscribers: dict[Any, Subscriber] = {}
-        self._subscriber_failures: dict[Any, int] = {}
+        # Both dicts are created on first use and dropped when empty: most
+        # trees never have a subscriber, and every page holds several trees.
+        self._subscribers: dict[Any, Subscriber] | None = None
+        self._subscriber_failures: dict[Any, int] | None = None
         if source is None:
             return
         if isinstance(source, DataTree):
@@ -529,8 +531,8 @@ class DataTree:
         self._nodes = []
         self._by_label = {}
         self._parent_node = None
-        self._subscribers = {}
-        self._subscriber_failures = {}
+        self._subscribers = None
+        self._subscriber_failures = None
         for label, value, attributes in state['nodes']:
             node = DataNode.__new__(DataNode)
             node._label = label
@@ -548,13 +550,22 @@ class DataTree:
         """Register ``callback(event, path, node)`` under ``key``, replacing any callback with that key."""
         if not callable(callback):
             raise TypeError('subscribe() needs a callable, got %s' % type(callback).__name__)
+        if self._subscribers is None:
+            self._subscribers = {}
         self._subscribers[key] = callback
-        self._subscriber_failures.pop(key, None)
+        if self._subscriber_failures:
+            self._subscriber_failures.pop(key, None)
 
     def unsubscribe(self, key: Any) -> None:
         """Remove the callback registered under ``key``, ignoring an unknown key."""
-        self._subscribers.pop(key, None)
-        self._subscriber_failures.pop(key, None)
+        if self._subscribers:
+            self._subscribers.pop(key, None)
+            if not self._subscribers:
+                self._subscribers = None
+        if self._subscriber_failures:
+            self._subscriber_failures.pop(key, None)
+            if not self._subscriber_failures:
+                self._subscriber_failures = None
 
     def _emit(self, event: str, node: DataNode) -> None:
         """Call the subscribers of this tree and of every ancestor, each with its own relative path.
@@ -579,6 +590,8 @@ class DataTree:
             tree = holder._tree
 
     def _log_subscriber_failure(self, key: Any, event: str, path: str) -> None:
+        if self._subscriber_failures is None:
+            self._subscriber_failures = {}
         count = self._subscriber_failures.get(key, 0) + 1
         self._subscriber_failures[key] = count
         if count == 1 or count % SUBSCRIBER_FAILURE_LOG_INTERVAL == 0:

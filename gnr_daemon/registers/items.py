@@ -159,7 +159,7 @@ class ItemRegister:
         if not isinstance(path, str) or not path:
             raise ValueError(f"invalid path {path!r}: expected a non-empty dotted path")
         if path not in item["subscribed_paths"]:
-            item["subscribed_paths"].add(path)
+            item["subscribed_paths"] = frozenset(item["subscribed_paths"]) | {path}
             self._put(register_item_id, item)
 
     def get_dbenv(self, register_item_id):
@@ -299,7 +299,8 @@ class PageRegister(ItemRegister):
             for path, value, attributes in entries:
                 tree.setItem(path, value, _attributes=attributes)
         item = self._get(page_id)
-        item["subscribed_paths"].update(path for path, _, _ in entries)
+        item["subscribed_paths"] = frozenset(item["subscribed_paths"]).union(
+            path for path, _, _ in entries)
         self._put(page_id, item)
 
     def setInClientData(self, path, value=None, attributes=None, page_id=None, filters=None,

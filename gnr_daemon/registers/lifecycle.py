@@ -57,9 +57,12 @@ def _index_remove(store, index, key, member):
 
 
 def parse_tables(subscribed_tables):
-    """Return a set of table names from a comma-separated string, a collection or None."""
+    """Return a set of table names from a comma-separated string, a collection or None.
+
+    No tables give the shared empty frozenset, which costs no memory per page.
+    """
     if subscribed_tables is None:
-        return set()
+        return frozenset()
     if isinstance(subscribed_tables, str):
         names = subscribed_tables.split(",")
     elif isinstance(subscribed_tables, (list, tuple, set, frozenset)):
@@ -76,7 +79,7 @@ def parse_tables(subscribed_tables):
         name = name.strip()
         if name:
             tables.add(name)
-    return tables
+    return tables or frozenset()
 
 
 # -- creation

@@ -225,7 +225,7 @@ def _restored_item(state, register, item_id, item):
     item.setdefault("start_ts", state.now())
     item["datachanges"] = list(item.get("datachanges") or ())
     item["datachanges_idx"] = int(item.get("datachanges_idx") or 0)
-    item["subscribed_paths"] = set(item.get("subscribed_paths") or ())
+    item["subscribed_paths"] = frozenset(item.get("subscribed_paths") or ())
     if register == "page":
         item["subscribed_tables"] = lifecycle.parse_tables(item.get("subscribed_tables"))
     return item
