@@ -313,8 +313,8 @@ def plot(table, path):
 
     figure, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for axis, method in zip(axes, ("ping", "echo")):
-        for system, style in (("gnrd", "-o"), ("legacy", "-s"), ("floor", "-^")):
-            for mode, dash in (("threads", ""), ("greenlets", "--")):
+        for system, marker in (("gnrd", "o"), ("legacy", "s"), ("floor", "^")):
+            for mode, linestyle in (("threads", "-"), ("greenlets", "--")):
                 points = [(r["callers"], r[system]) for r in table
                           if r["method"] == method and r["mode"] == mode and r[system]]
                 if mode == "greenlets":
@@ -322,7 +322,7 @@ def plot(table, path):
                                         and r["callers"] == 1), 0))] + points
                 if points:
                     xs, ys = zip(*sorted(points))
-                    axis.plot(xs, ys, style + dash if dash else style, label=f"{system} {mode}")
+                    axis.plot(xs, ys, marker=marker, linestyle=linestyle, label=f"{system} {mode}")
         axis.set_xscale("log", base=2)
         axis.set_xlabel("concurrent callers")
         axis.set_ylabel("calls/s")
@@ -331,6 +331,13 @@ def plot(table, path):
     axes[0].legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
+
+
+def save_report(report, path):
+    """Write the figures gathered so far, so a later failure loses nothing."""
+    if path:
+        with open(path, "w") as handle:
+            json.dump(report, handle, indent=2, default=str)
 
 
 def cpu_model():
@@ -374,6 +381,7 @@ def main():
         report["ratios"] = ratio_table(rows)
         report["rss_after_load_mib"] = rss
         print_ratio_table(report["ratios"])
+        save_report(report, options.json_path)
         if options.plot_path:
             plot(report["ratios"], options.plot_path)
     if "mix" not in skip:
@@ -394,9 +402,7 @@ def main():
                 redis_process.wait(10)
     if "sizes" not in skip:
         report["sizes"] = run_sizes(options, key, workdir)
-    if options.json_path:
-        with open(options.json_path, "w") as handle:
-            json.dump(report, handle, indent=2, default=str)
+    save_report(report, options.json_path)
     shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
