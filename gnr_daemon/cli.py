@@ -15,7 +15,7 @@ Commands:
   start        Run the daemon in the foreground until SIGTERM, SIGINT or a stop call.
   stop         Ask the daemon to stop (--savestatus saves register state first).
   status       Print version, uptime, store, sites and connection figures.
-  ping         Check that the daemon answers.
+  ping         Check that the daemon responds.
   sites        List the registered sites with their user, connection and page counts.
   call         Call METHOD with ARGs; an ARG is a Python literal, or NAME=literal for a
                keyword argument; a bare word such as c1 is taken as a string.

@@ -350,7 +350,7 @@ class DaemonClient:
         return Batch(self, stop_on_error)
 
     def ping(self):
-        """Return ``"pong"`` when the daemon answers."""
+        """Return ``"pong"`` when the daemon responds."""
         return self._call(None, "ping", (), {})
 
     def __getattr__(self, name):
@@ -402,7 +402,7 @@ class DaemonClient:
                 raise ProtocolError(f"invalid reply to {method} from {self.address_text}")
             reply_id, ok, value = reply
             # A daemon that could not decode the request cannot know its call
-            # id and answers with None; one call is in flight per connection,
+            # id and replies with None; one call is in flight per connection,
             # so that error belongs to this call.
             if reply_id != call_id and not (reply_id is None and not ok):
                 raise ProtocolError(

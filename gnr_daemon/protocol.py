@@ -15,7 +15,7 @@ Handshake (both hellos are 24 bytes, big-endian, never signed)::
     8      16    nonce            16 random bytes from ``secrets``
 
 The server sends its hello as soon as it accepts a connection; the client
-reads it and answers with its own hello before its first frame. Every later
+reads it and replies with its own hello before its first frame. Every later
 message is a frame::
 
     offset size  field

@@ -1,8 +1,8 @@
 """Restricted unpickling: only classes on an allow-list can be built.
 
-A pickle names every class or function it needs as ``module.name``; the
-unpickler here resolves only names on the allow-list and raises
-``ForbiddenClass`` for any other before anything of the payload runs. The
+A pickle names every class or function it needs as ``module.name``. The
+unpickler here resolves only names on the allow-list, and raises
+``ForbiddenClass`` for any other name before anything of the payload runs. The
 allow-list holds Python's containers and scalars, ``datetime``,
 ``decimal``, ``uuid`` and ``collections`` types, and gnr_daemon's own data
 classes (``DataTree``, ``DataNode``, ``DataChange``); operators add classes
@@ -81,7 +81,7 @@ def parse_class_names(text):
 
 
 class UnpicklePolicy:
-    """Which classes may be unpickled; ``restricted=False`` allows everything."""
+    """Set of classes that may be unpickled; ``restricted=False`` allows every class."""
 
     def __init__(self, extra_classes=(), restricted=True):
         self.restricted = restricted

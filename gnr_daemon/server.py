@@ -6,7 +6,7 @@ not monkey-patch: ``gnrdaemon start`` patches before importing this module,
 and tests may run a server in a thread with its own hub.
 
 Per connection, in order: send the hello and read the client's within the
-handshake timeout; then for each frame wait up to the idle timeout for its
+handshake timeout. Then, for each frame, wait up to the idle timeout for its
 first byte and up to the read timeout for the rest, verify it, run the call
 under the call timeout, and send one reply frame. A frame that fails the
 protocol or the HMAC check gets a plain-text error frame, a WARNING line with
@@ -132,11 +132,11 @@ def _original(module, name):
 class _LoopWatchdog:
     """An OS thread that notices when one handler keeps the gevent loop from running.
 
-    The hub refreshes ``heartbeat`` from its deadline timer; when it stops
-    doing so for ``report_after`` seconds, the thread logs the method that
-    blocks the loop, and when that call has run longer than the call timeout
-    it raises ``_LoopBlocked`` inside it (``PyThreadState_SetAsyncExc``), so a
-    CPU-bound handler gets a CallTimeout reply instead of starving every
+    The hub refreshes ``heartbeat`` from its deadline timer. When the
+    heartbeat is ``report_after`` seconds old, the thread logs the method that
+    blocks the loop. When that call has run longer than the call timeout, the
+    thread raises ``_LoopBlocked`` inside it (``PyThreadState_SetAsyncExc``),
+    so a CPU-bound handler gets a CallTimeout reply instead of starving every
     other connection. Code running inside a C function (a huge pickle.dumps,
     say) is interrupted only when it returns to Python.
     """
@@ -281,7 +281,12 @@ class DaemonServer:
         daemon._server = self
 
     def __repr__(self):
-        state = "stopping" if self._stopping else ("listening" if self._server else "new")
+        if self._stopping:
+            state = "stopping"
+        elif self._server is not None:
+            state = "listening"
+        else:
+            state = "new"
         return f"<DaemonServer {self.address_text} {state} connections={len(self._connections)}>"
 
     # listening
@@ -632,7 +637,7 @@ class DaemonServer:
         )
 
     def _reject(self, conn, exc, stage):
-        """Answer a failed handshake or frame with plain text, log it, count it."""
+        """Reply to a failed handshake or frame with plain text, then log and count it."""
         if isinstance(exc, ssl.SSLError):
             self.auth_failures += 1
             self.auth_failures_by_reason["tls"] += 1

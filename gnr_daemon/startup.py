@@ -44,8 +44,8 @@ class _EarlySignals:
     """SIGTERM and SIGINT handling from the first moment of start-up.
 
     A signal that arrives before the server listens is remembered, and the
-    daemon exits instead of starting to serve; once the server exists, the
-    signal starts its shutdown; a second signal exits at once.
+    daemon exits instead of starting to serve. Once the server exists, a
+    signal starts its shutdown, and a second signal exits at once.
     """
 
     def __init__(self):
@@ -193,16 +193,16 @@ def run_daemon(arguments, overrides, daemon_class=None):
 
 
 def _announce_ready(server, store, interval=0.5):
-    """Tell systemd the daemon is ready once it listens and its store answers."""
+    """Notify systemd that the daemon is ready once it listens and its store responds."""
     waited = 0.0
     while not server._stopping:
         health = store.health()
         if health.get("ok"):
             notify_ready(f"listening on {server.address_text}, store {store.url}")
-            log.info("ready: listening on %s, store %s answers", server.address_text, store.url)
+            log.info("ready: listening on %s, store %s responds", server.address_text, store.url)
             return
         if waited == 0.0:
-            log.warning("store %s does not answer yet (%s); ready once it does",
+            log.warning("store %s does not respond yet (%s); ready once it does",
                         store.url, health.get("detail"))
         gevent.sleep(interval)
         waited += interval
