@@ -357,7 +357,9 @@ def _print_status(status):
     print(f"store: {status.get('store')} ({store_state})")
     print(f"HMAC signing: {'on' if status.get('signing') else 'off'}, "
           f"TLS: {'on' if status.get('tls') else 'off'}")
-    print(f"connections: {status.get('connections')} open, "
+    print(f"connections: {status.get('connections')} open "
+          f"({status.get('previous_key_connections', 0)} on the previous key, "
+          f"{status.get('admin_connections', 0)} on the admin key), "
           f"{status.get('rejected_connections', 0)} rejected at the limit")
     print(f"calls: {status.get('calls_served')} served, {status.get('call_errors')} failed, "
           f"{status.get('call_timeouts', 0)} timed out; "

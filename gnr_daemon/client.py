@@ -236,6 +236,11 @@ class DaemonClient:
              "max_frame_size": max_frame_size},
             use_environment=use_environment, use_config_file=use_config_file,
         )
+        if "://" in settings.host:
+            raise ConfigurationError(
+                f"invalid host {settings.host!r}: it looks like a URL; pass URLs to "
+                "DaemonClient.from_url(), for example DaemonClient.from_url('gnrds://host:40404')"
+            )
         self.host = settings.host.strip("[]")
         self.port = settings.port
         self.socket_path = settings.socket
@@ -314,11 +319,19 @@ class DaemonClient:
         except DaemonUnavailable as exc:
             channel.close()
             raise DaemonUnavailable(f"gnr_daemon at {self.address_text}: {exc}") from None
+        except ssl.SSLError as exc:
+            channel.close()
+            raise AuthenticationError(
+                f"TLS with gnr_daemon at {self.address_text} failed: {exc.reason or exc}; the "
+                "daemon may require a client certificate (tls_cert=, tls_key=)"
+            ) from None
         except OSError as exc:
             channel.close()
             if is_timeout(exc):
+                hint = "" if self._tls_context else (
+                    "; if the daemon uses TLS, connect with gnrds:// or tls=True")
                 raise CallTimeout(f"gnr_daemon at {self.address_text} sent no hello within "
-                                  f"{self.timeout} s") from None
+                                  f"{self.timeout} s{hint}") from None
             raise DaemonUnavailable(f"handshake with gnr_daemon at {self.address_text} failed: "
                                     f"{exc}") from None
         return _PooledConnection(channel)

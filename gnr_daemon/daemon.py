@@ -40,7 +40,7 @@ MAX_SITENAME_LENGTH = 200
 #: Daemon-level methods that need the admin key when one is configured.
 ADMIN_DAEMON_METHODS = frozenset({
     "stop", "restart", "siteregister_stop", "siteregister_restart", "siteregister_dump",
-    "siteregister_start", "restartServiceDaemon",
+    "siteregister_start", "restartServiceDaemon", "store_retag",
 })
 
 #: Site-register methods that need the admin key when one is configured.
@@ -136,6 +136,8 @@ class Daemon:
             site = kwargs.pop("_sitename")
         admin_only = ADMIN_DAEMON_METHODS if site is None else ADMIN_SITE_METHODS
         if method in admin_only and not getattr(gevent.getcurrent(), "gnrd_admin", True):
+            log.warning("rejected %s (site %r) from %s: the call needs the admin key", method,
+                        site, getattr(gevent.getcurrent(), "gnrd_peer", "?"))
             raise PermissionDenied(
                 f"{method} needs a connection signed with the admin key, and this one uses "
                 "the ordinary key: run it with GNR_DAEMON_ADMIN_KEY or --admin-key-file"
@@ -237,6 +239,8 @@ class Daemon:
         while True:
             try:
                 interval = float(register._cleanup_interval())
+            except StoreError:
+                interval = _CLEANUP_MAX_SLEEP  # the cleanup call below reports the outage
             except Exception:
                 log.exception("site %r: reading the cleanup interval failed", sitename)
                 interval = _CLEANUP_MAX_SLEEP
@@ -405,6 +409,15 @@ class Daemon:
         else:
             self._stop_all_sites(False)
         return results
+
+    def store_retag(self, **kwargs):
+        """Rewrite stored values tagged with the previous key (key rotation); return how many.
+
+        Only a networked store keeps tagged values; on the memory store this
+        returns 0.
+        """
+        retag = getattr(self._store, "retag", None)
+        return retag() if retag is not None else 0
 
     def restart(self, sitename=None, **kwargs):
         """Save state and stop; the process manager is expected to start the daemon again."""

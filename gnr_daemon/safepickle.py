@@ -55,7 +55,8 @@ class ForbiddenClass(pickle.UnpicklingError):
     def __init__(self, module, name):
         self.class_name = f"{module}.{name}"
         super().__init__(
-            f"class {self.class_name} is not allowed: if a trusted client must send it, start "
+            f"class {self.class_name} is not allowed: only data classes belong on the "
+            "allow-list; if a trusted client must send this one and it is a data class, start "
             f"the daemon with --allow-class {self.class_name} (or add it to "
             "GNR_DAEMON_ALLOW_CLASSES)"
         )

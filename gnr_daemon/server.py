@@ -362,10 +362,15 @@ class DaemonServer:
             raise OSError(exc.errno, f"cannot listen on {path}: {exc.strerror}") from None
         finally:
             os.umask(old_umask)
-        os.chmod(path, 0o660)
-        if self.settings.socket_group:
-            _set_socket_group(path, self.settings.socket_group)
-        listener.listen(_LISTEN_BACKLOG)
+        try:
+            os.chmod(path, 0o660)
+            if self.settings.socket_group:
+                _set_socket_group(path, self.settings.socket_group)
+            listener.listen(_LISTEN_BACKLOG)
+        except OSError:
+            listener.close()
+            os.unlink(path)
+            raise
         self._address = path
         return listener
 

@@ -140,9 +140,11 @@ def run_daemon(arguments, overrides, daemon_class=None):
         log.info("key rotation: frames signed with the previous key are accepted too")
     if admin_key is not None:
         log.info("admin key set: stop, restart, dump, load and maintenance calls need it")
+        if settings.admin_key_file and not settings.admin_key:
+            _check_key_file(settings.admin_key_file)
 
     try:
-        store = open_store(settings.store, hmac_key=key)
+        store = open_store(settings.store, hmac_key=key, previous_key=previous_key)
     except ConfigurationError as exc:
         return _fail(str(exc), 2)
 

@@ -462,3 +462,31 @@ def test_metrics_port_without_library_message(tmp_path):
                             text=True, timeout=30)
     assert result.returncode == 1
     assert "pip install 'gnr_daemon[prometheus]'" in result.stderr
+
+
+def test_failed_socket_group_leaves_no_socket(tmp_path):
+    path = tmp_path / "g.sock"
+    result = subprocess.run([sys.executable, "-m", "gnr_daemon", "start", "-S", str(path),
+                             "--socket-group", "no-such-group-x"], env=keyed_env(tmp_path),
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1
+    assert not path.exists()
+
+
+def test_url_as_host_rejected():
+    from gnr_daemon.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="DaemonClient.from_url"):
+        DaemonClient(host="gnrds://127.0.0.1:40404", use_environment=False, use_config_file=False)
+
+
+def test_plain_client_to_tls_daemon_hint(tmp_path, start_daemon_process, certificates):
+    from gnr_daemon.errors import CallTimeout
+
+    daemon = start_daemon_process("-H", "127.0.0.1", "-P", "0", "--tls-cert",
+                                  str(certificates / "server.pem"), "--tls-key",
+                                  str(certificates / "server.key"), env=keyed_env(tmp_path))
+    with DaemonClient(host="127.0.0.1", port=daemon.port, hmac_key=TEST_KEY, timeout=1,
+                      use_environment=False, use_config_file=False) as client:
+        with pytest.raises(CallTimeout, match="gnrds://"):
+            client.ping()

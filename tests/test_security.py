@@ -362,3 +362,50 @@ def test_frame_reader_fuzz(daemon):
     with daemon.client() as client:
         assert client.ping() == "pong"
         assert client.status()["calls_served"] >= 1
+
+
+def test_redis_key_rotation(redis_server):
+    from gnr_daemon.store import open_store
+    from redis_fixtures import new_prefix
+
+    url = redis_server.url(prefix=new_prefix())
+    old_store = open_store(url, hmac_key=OTHER_KEY.encode())
+    site = old_store.site_store("demo")
+    site.run_atomic(lambda: site.put_meta("answer", 42))
+    old_store.close()
+
+    rotating = open_store(url, hmac_key=TEST_KEY.encode(), previous_key=OTHER_KEY.encode())
+    assert rotating.site_store("demo").get_meta("answer") == 42
+    assert rotating.retag() >= 1
+    assert rotating.retag() == 0
+    rotating.close()
+
+    new_only = open_store(url, hmac_key=TEST_KEY.encode())
+    assert new_only.site_store("demo").get_meta("answer") == 42
+    new_only.close()
+    stale = open_store(url, hmac_key=OTHER_KEY.encode())
+    from gnr_daemon.errors import StoreError
+
+    with pytest.raises(StoreError, match="failed the HMAC check"):
+        stale.site_store("demo").get_meta("answer")
+    stale.close()
+
+
+def test_rejected_admin_call_logged(daemon_factory, caplog):
+    daemon = daemon_factory(admin_key=ADMIN_KEY)
+    with caplog.at_level("WARNING", logger="gnr_daemon.daemon"):
+        with daemon.client() as worker:
+            with pytest.raises(PermissionDenied):
+                worker.stop()
+    assert any("rejected stop" in record.getMessage() and "127.0.0.1:" in record.getMessage()
+               for record in caplog.records)
+
+
+def test_group_readable_admin_key_file_warns(tmp_path, start_daemon_process):
+    admin_file = tmp_path / "admin.key"
+    admin_file.write_text(ADMIN_KEY)
+    admin_file.chmod(0o644)
+    daemon = start_daemon_process("-H", "127.0.0.1", "-P", "0", "--admin-key-file",
+                                  str(admin_file),
+                                  env=clean_environment(tmp_path, GNR_DAEMON_HMAC_KEY=TEST_KEY))
+    assert f"key file {admin_file} is readable by group or others" in daemon.log_text()

@@ -22,11 +22,12 @@ __all__ = [
 ]
 
 
-def open_store(url=None, hmac_key=None):
+def open_store(url=None, hmac_key=None, previous_key=None):
     """Return a new store backend for ``url``.
 
     ``hmac_key`` (bytes or None) is the daemon's key; a Redis store uses it
-    to tag the values it writes and to check them before unpickling. Raises
+    to tag the values it writes and to check them before unpickling, and
+    ``previous_key`` (during a key rotation) to read values tagged before. Raises
     ConfigurationError for a URL that is invalid or of an unsupported
     scheme. An unreachable Redis is not an error here: the store starts
     down and reconnects in the background.
@@ -36,4 +37,4 @@ def open_store(url=None, hmac_key=None):
         return MemoryStore()
     from .redis_store import RedisStore
 
-    return RedisStore(parsed, hmac_key=hmac_key)
+    return RedisStore(parsed, hmac_key=hmac_key, previous_key=previous_key)

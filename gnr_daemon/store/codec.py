@@ -87,15 +87,21 @@ class _CheckingPickler(pickle.Pickler):
         return NotImplemented
 
 
+def _derive(hmac_key):
+    """Return the value-tagging key derived from a daemon key, or None."""
+    if isinstance(hmac_key, str):
+        hmac_key = hmac_key.encode("utf-8")
+    return hmac.new(hmac_key, _KEY_CONTEXT, hashlib.sha256).digest() if hmac_key else None
+
+
 class ValueCodec:
     """Encoder and decoder of stored values; ``hmac_key`` (bytes or None) turns on tags."""
 
-    def __init__(self, hmac_key=None):
-        if isinstance(hmac_key, str):
-            hmac_key = hmac_key.encode("utf-8")
-        self._key = (
-            hmac.new(hmac_key, _KEY_CONTEXT, hashlib.sha256).digest() if hmac_key else None
-        )
+    def __init__(self, hmac_key=None, previous_key=None):
+        self._key = _derive(hmac_key)
+        # During a key rotation values tagged with the previous key are still
+        # read; retagging (RedisStore.retag) rewrites them with the current one.
+        self._previous = _derive(previous_key) if self._key is not None else None
 
     @property
     def signed(self):
@@ -119,9 +125,19 @@ class ValueCodec:
             raise StoreError(f"the value of Redis key {key_name!r} is not a valid pickle "
                              f"({type(error).__name__}: {error})") from None
 
-    def _tag(self, key_name, pickled):
+    def _tag(self, key_name, pickled, key=None):
         name = key_name.encode("utf-8")
-        return hmac.digest(self._key, struct.pack(">I", len(name)) + name + pickled, "sha256")
+        return hmac.digest(key or self._key, struct.pack(">I", len(name)) + name + pickled,
+                           "sha256")
+
+    def tagged_with_previous(self, key_name, stored):
+        """Tell whether ``stored`` carries a valid tag of the previous key (not the current one)."""
+        if self._previous is None or not stored or stored[0] != FORMAT_SIGNED:
+            return False
+        tag, pickled = stored[1:1 + TAG_SIZE], stored[1 + TAG_SIZE:]
+        return (len(tag) == TAG_SIZE
+                and not hmac.compare_digest(tag, self._tag(key_name, pickled))
+                and hmac.compare_digest(tag, self._tag(key_name, pickled, self._previous)))
 
     def seal(self, key_name, pickled):
         """Return the bytes to store under ``key_name`` for a pickle made by ``dumps``."""
@@ -147,7 +163,10 @@ class ValueCodec:
                 )
             tag = stored[1:1 + TAG_SIZE]
             pickled = stored[1 + TAG_SIZE:]
-            if len(tag) != TAG_SIZE or not hmac.compare_digest(tag, self._tag(key_name, pickled)):
+            if len(tag) != TAG_SIZE or not (
+                    hmac.compare_digest(tag, self._tag(key_name, pickled))
+                    or (self._previous is not None
+                        and hmac.compare_digest(tag, self._tag(key_name, pickled, self._previous)))):
                 raise StoreError(
                     f"the value of Redis key {key_name!r} failed the HMAC check: it was written "
                     "with another key or changed outside gnr_daemon, so it is not unpickled"

@@ -136,6 +136,21 @@ def _explain(error):
     return text
 
 
+# Replace a value only if it is still the one read, keeping any expiry.
+_RETAG_SCRIPT = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
+    return 1
+end
+return 0
+"""
+
+
+def _glob_escape(text):
+    """Escape the characters Redis's MATCH pattern treats specially."""
+    return "".join("\\" + char if char in "*?[]\\" else char for char in text)
+
+
 class RedisStore(Store):
     """Store backend on a Redis server, Sentinel-managed primary or Unix socket.
 
@@ -146,7 +161,7 @@ class RedisStore(Store):
 
     shared = True
 
-    def __init__(self, url, hmac_key=None):
+    def __init__(self, url, hmac_key=None, previous_key=None):
         if redis is None:
             raise ConfigurationError(
                 "the Redis store needs the redis package: pip install 'gnr_daemon[redis]'"
@@ -158,7 +173,7 @@ class RedisStore(Store):
         self._url = url
         self.url = url.masked
         self.prefix = url.prefix
-        self.codec = ValueCodec(hmac_key)
+        self.codec = ValueCodec(hmac_key, previous_key)
         self._pool = _make_pool(url)
         self._sites = {}
         self._lock = threading.Lock()
@@ -207,6 +222,29 @@ class RedisStore(Store):
             "signed_values": self.codec.signed,
             **self.stats,
         }
+
+    def retag(self, batch_size=500):
+        """Rewrite every value still tagged with the previous key with the current key.
+
+        Run it once all daemons of the store use the new key, before the
+        previous key is removed. A value changed meanwhile is left alone (it
+        was rewritten with the current key anyway). Returns the number of
+        values rewritten.
+        """
+        client = redis.Redis(connection_pool=self._pool)
+        compare_and_set = client.register_script(_RETAG_SCRIPT)
+        pattern = _glob_escape("{" + self.prefix) + "*"
+        rewritten = 0
+        for name in client.scan_iter(match=pattern, count=batch_size, _type="string"):
+            stored = client.get(name)
+            key_name = name.decode("utf-8", "surrogateescape")
+            if stored is None or not self.codec.tagged_with_previous(key_name, stored):
+                continue
+            pickled = self.codec.open(key_name, stored)
+            resealed = self.codec.seal(key_name, pickled)
+            rewritten += compare_and_set(keys=[name], args=[stored, resealed])
+        log.info("store %s: %d value(s) retagged with the current key", self.url, rewritten)
+        return rewritten
 
     def close(self):
         self._closed = True
