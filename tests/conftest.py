@@ -21,7 +21,7 @@ import pytest
 from gnr_daemon.client import DaemonClient
 from gnr_daemon.config import load_settings
 
-pytest_plugins = ["redis_fixtures"]
+pytest_plugins = ["redis_fixtures", "register_fixtures"]
 
 TEST_KEY = "test-key-0123456789abcdef0123456789abcdef"
 OTHER_KEY = "other-key-0123456789abcdef0123456789abcdef"

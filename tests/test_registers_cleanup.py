@@ -5,47 +5,19 @@ every value in and out as a networked backend does, and on a Redis store.
 """
 
 import logging
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 import pytest
 
 from gnr_daemon.dispatch import dispatch
 from gnr_daemon.errors import ConfigurationError
-from gnr_daemon.registers import SiteRegister
 from gnr_daemon.registers.constants import META_CLEANUP_EVICTIONS
 
-from redis_fixtures import STORE_PARAMS, make_store
 
 CONFIG = {"interval": 120, "page_max_age": 600, "guest_connection_max_age": 40,
           "connection_max_age": 7200}
 
 
-class Clock:
-    """Controllable replacement for datetime.now."""
-
-    def __init__(self):
-        self.now = datetime(2024, 5, 1, 12, 0, 0)
-
-    def __call__(self):
-        return self.now
-
-    def advance(self, seconds):
-        self.now += timedelta(seconds=seconds)
-
-
-@pytest.fixture(params=STORE_PARAMS)
-def store(request):
-    return make_store(request)
-
-
-@pytest.fixture
-def clock():
-    return Clock()
-
-
-@pytest.fixture
-def register(store, clock):
-    return SiteRegister("demo", store.site_store("demo"), clock=clock)
 
 
 def set_idle(register, clock, register_name, item_id, seconds):

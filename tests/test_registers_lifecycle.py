@@ -5,7 +5,6 @@ every value in and out as a networked backend does, and on a Redis store.
 """
 
 import logging
-from datetime import datetime, timedelta
 
 import pytest
 
@@ -19,35 +18,8 @@ from gnr_daemon.registers.constants import (
 )
 from gnr_daemon.store import MemorySiteStore, MemoryStore
 
-from redis_fixtures import STORE_PARAMS, make_store
 
 
-class Clock:
-    """Controllable replacement for datetime.now."""
-
-    def __init__(self):
-        self.now = datetime(2024, 5, 1, 12, 0, 0)
-
-    def __call__(self):
-        return self.now
-
-    def advance(self, seconds):
-        self.now += timedelta(seconds=seconds)
-
-
-@pytest.fixture(params=STORE_PARAMS)
-def store(request):
-    return make_store(request)
-
-
-@pytest.fixture
-def clock():
-    return Clock()
-
-
-@pytest.fixture
-def register(store, clock):
-    return SiteRegister("demo", store.site_store("demo"), clock=clock)
 
 
 def open_tab(register, connection_id="c1", page_id="p1", user=None):

@@ -12,30 +12,6 @@ from gnr_daemon.dispatch import dispatch
 from gnr_daemon.registers import DataTree, SiteRegister
 from gnr_daemon.registers.typedtext import TypedTextError
 
-from redis_fixtures import STORE_PARAMS, make_store
-
-
-class Clock:
-    """Controllable replacement for datetime.now."""
-
-    def __init__(self):
-        self.now = datetime(2024, 5, 1, 12, 0, 0)
-
-    def __call__(self):
-        return self.now
-
-    def advance(self, seconds):
-        self.now += timedelta(seconds=seconds)
-
-
-@pytest.fixture(params=STORE_PARAMS)
-def store(request):
-    return make_store(request)
-
-
-@pytest.fixture
-def clock():
-    return Clock()
 
 
 @pytest.fixture
