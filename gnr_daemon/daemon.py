@@ -106,9 +106,9 @@ def _check_batch_entry(index, call):
 class Daemon:
     """Root object of one gnr_daemon process.
 
-    ``store`` is an opened ``gnr_daemon.store.Store``; ``state_dir`` is the
-    only directory dump files are read from and written to; ``clock`` returns
-    the current naive datetime and is handed to every site register.
+    ``store`` is an opened ``gnr_daemon.store.Store``. ``state_dir`` is the
+    only directory dump files are read from and written to. ``clock``
+    returns the current naive datetime and is handed to every site register.
     """
 
     #: Version of this daemon; a data attribute, so it is not remotely callable.
@@ -220,8 +220,8 @@ class Daemon:
         info["saved"] = saved
         register._close()
         if not getattr(self._store, "shared", False):
-            # A process-local store forgets the site with its register; a
-            # shared store keeps the state that other daemons still serve.
+            # A process-local store deletes the site's state with its register,
+            # but a shared store keeps the state that other daemons still serve.
             self._store.drop_site(sitename)
         log.info("site %r stopped (state %s)", sitename, saved)
         return info
@@ -259,7 +259,7 @@ class Daemon:
     # daemon-level remote API
 
     def ping(self, **kwargs):
-        """Return ``"pong"``: the daemon is alive and answering."""
+        """Return ``"pong"``: the daemon is alive and serving requests."""
         return "pong"
 
     def echo(self, payload=None):
@@ -396,8 +396,8 @@ class Daemon:
     def stop(self, saveStatus=False, **kwargs):
         """Shut the daemon down; with ``saveStatus``, dump every site first.
 
-        The dumps run before this call returns, so the result tells the caller
-        what was saved: ``{sitename: "saved" | "no storage path" | "failed: ..."}``
+        The dumps run before this call returns, so the result reports what was
+        saved: ``{sitename: "saved" | "no storage path" | "failed: ..."}``
         (empty without ``saveStatus``). The shutdown itself starts afterwards.
         """
         log.info("stop requested by a client%s", " (saving state)" if saveStatus else "")

@@ -35,9 +35,12 @@ import sys
 import tempfile
 import time
 
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 SYSTEMS_SCRIPT = os.path.join(HERE, "bench_systems.py")
 sys.path.insert(0, HERE)
+
+from bench_registers import cpu_model  # noqa: E402  (a sibling script)
 
 CONCURRENCY = (8, 32, 64, 512)
 SYSTEM_NAMES = ("gnrd", "legacy", "floor")
@@ -340,15 +343,6 @@ def save_report(report, path):
             json.dump(report, handle, indent=2, default=str)
 
 
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 def main():

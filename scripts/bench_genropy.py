@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 
+
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 
 from genropy_site import (  # noqa: E402 - the helper lives with the tests
@@ -37,20 +38,12 @@ from genropy_site import (  # noqa: E402 - the helper lives with the tests
     pyro_missing_reason,
     run_measure,
 )
+from bench_registers import cpu_model  # noqa: E402  (a sibling script)
 
 PHASES = ("get", "main", "ping")
 MAX_ROUNDS = 100_000
 
 
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def percentile(values, fraction):

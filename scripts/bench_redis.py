@@ -34,6 +34,8 @@ import sys
 import tempfile
 import threading
 import time
+from bench_registers import cpu_model  # noqa: E402  (a sibling script)
+
 
 PAGES = 400
 PAGES_PER_CONNECTION = 5
@@ -270,15 +272,6 @@ def run_setup(name, store_url, daemons, key, state_dir, options):
             stop(process)
 
 
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main():
