@@ -27,7 +27,7 @@ Options:
   -S PATH, --socket=PATH       Unix socket path, used instead of TCP.
   -K KEY, --hmac-key=KEY       Shared HMAC key. Visible in ps: prefer GNR_DAEMON_HMAC_KEY
                                or --hmac-key-file.
-  --hmac-key-file=PATH         File that holds the shared HMAC key.
+  --hmac-key-file=PATH         File that contains the shared HMAC key.
   --store=URL                  State store URL (default memory:).
   --state-dir=DIR              Directory of saved register state.
   --bind=ADDRESS               Address to listen on when it differs from --host.
@@ -54,7 +54,7 @@ Options:
   --hmac-key-previous=KEY      The key being retired: also accepted during a key rotation.
   --admin-key=KEY              Key that stop, restart, dump, load and maintenance calls
                                need; client commands sign with it when it is given.
-  --admin-key-file=PATH        File that holds the admin key.
+  --admin-key-file=PATH        File that contains the admin key.
   --allow-class=CLASS          Extra class (module.Class) requests may carry; repeatable.
   --unrestricted-pickle        Unpickle requests without the class allow-list (trusted
                                legacy setups only).
@@ -412,7 +412,7 @@ def _stop(client, save_status):
         print(f"site {sitename}: state {outcome}")
     # Wait (bounded) until the daemon is gone, so that a script can start a
     # new one right after this command returns. A local daemon is watched by
-    # its pid; a remote one until it stops answering.
+    # its pid, a remote one until it stops responding.
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if local and pid:

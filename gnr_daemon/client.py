@@ -8,7 +8,7 @@ Safety rules of the pool:
 
 - a connection is checked out for exactly one call and returned in a
   ``finally``; one that failed mid-call (timeout, broken pipe, bad reply) is
-  closed and never returned, so no late bytes can answer a later call;
+  closed and never returned, so no late bytes can be taken for the reply to a later call;
 - every reply must carry the ``call_id`` of its request;
 - a call is sent again only when a pooled connection turned out to be closed
   by the daemon before the request reached it (send failed); a call that
@@ -116,7 +116,7 @@ class _PooledConnection:
 
         Either way the connection is unusable: the daemon sends nothing
         unasked except an error frame (such as an idle timeout) before it
-        closes. One zero-timeout poll, which never blocks or switches greenlets.
+        closes. It is one poll with a zero timeout, so it does not block or switch greenlets.
         """
         try:
             return bool(self._poller.poll(0))
@@ -415,8 +415,8 @@ class DaemonClient:
                 raise ProtocolError(f"invalid reply to {method} from {self.address_text}")
             reply_id, ok, value = reply
             # A daemon that could not decode the request cannot know its call
-            # id and replies with None; one call is in flight per connection,
-            # so that error belongs to this call.
+            # id, so it replies with None. One call is in flight per
+            # connection, so that error belongs to this call.
             if reply_id != call_id and not (reply_id is None and not ok):
                 raise ProtocolError(
                     f"reply to call {reply_id!r} received while waiting for call {call_id} "

@@ -9,7 +9,7 @@ this order, the first source that has one wins:
 2. ``GNR_DAEMON_*`` environment variables;
 3. the ``<gnrdaemon .../>`` node of Genropy's ``environment.xml``, found in
    the first of ``$GENRO_GNRFOLDER``, ``$VIRTUAL_ENV/etc/gnr``, ``~/.gnr``
-   and ``/etc/gnr`` that holds one;
+   and ``/etc/gnr`` that contains one;
 4. the defaults below.
 
 ``Settings.sources`` records which source gave each value, so that start-up
@@ -222,7 +222,7 @@ class Settings:
     def key_bytes(self):
         """Return the HMAC key as bytes (from the key or the key file), or None.
 
-        Raises ConfigurationError when the key file cannot be read or holds a
+        Raises ConfigurationError when the key file cannot be read or contains a
         key shorter than MIN_KEY_LENGTH bytes.
         """
         if self.hmac_key:

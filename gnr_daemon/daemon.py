@@ -315,7 +315,7 @@ class Daemon:
             if autorestore and path and os.path.exists(path):
                 register.load()
             elif path and os.path.exists(path):
-                log.warning("site %r: %s holds saved state that is not restored "
+                log.warning("site %r: %s contains saved state that is not restored "
                             "(autorestore is off); the next dump replaces it", sitename, path)
             return None
         info = register._info()

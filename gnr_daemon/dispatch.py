@@ -31,7 +31,7 @@ from .errors import MethodNotFound
 
 __all__ = ["MAX_METHOD_NAME_LENGTH", "check_method_name", "resolve_method", "dispatch"]
 
-#: Longest method name accepted; longer names are rejected before any lookup.
+#: Maximum method name length; longer names are rejected before any lookup.
 MAX_METHOD_NAME_LENGTH = 128
 
 

@@ -116,11 +116,11 @@ _BUFFER_SIZE = 64 * 1024
 # as data arrives, up to the frame's length.
 _LARGE_CHUNK = 1024 * 1024
 
-# Payloads up to this size are tagged with one C call over a joined copy;
-# larger ones extend a per-connection HMAC state instead of being copied.
+# Payloads up to this size are tagged with one C call over a joined copy.
+# Larger ones extend a per-connection HMAC state instead of being copied.
 _ONE_SHOT_TAG_LIMIT = 64 * 1024
 
-# Longest error text accepted from or sent to a peer.
+# Maximum length of an error text accepted from or sent to a peer.
 _MAX_ERROR_TEXT = 4096
 
 
@@ -372,7 +372,7 @@ class Channel:
             self.sock.sendall(memoryview(frame)[sent:])
 
     def send_error(self, text):
-        """Send a plain-text error frame; never raises."""
+        """Send a plain-text error frame, ignoring a socket that is already broken."""
         data = text.encode("utf-8", "replace")[:_MAX_ERROR_TEXT]
         try:
             self.sock.sendall(pack_frame(KIND_ERROR, data))

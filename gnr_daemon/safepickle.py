@@ -3,7 +3,7 @@
 A pickle names every class or function it needs as ``module.name``. The
 unpickler here resolves only names on the allow-list, and raises
 ``ForbiddenClass`` for any other name before anything of the payload runs. The
-allow-list holds Python's containers and scalars, ``datetime``,
+allow-list contains Python's containers and scalars, ``datetime``,
 ``decimal``, ``uuid`` and ``collections`` types, and gnr_daemon's own data
 classes (``DataTree``, ``DataNode``, ``DataChange``); operators add classes
 with ``--allow-class module.Class``. The same policy serves requests on the

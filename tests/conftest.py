@@ -156,6 +156,15 @@ def client(daemon):
         yield client
 
 
+def rss_kib(pid):
+    """Return the resident memory of process ``pid`` in KiB, read from /proc."""
+    with open(f"/proc/{pid}/status") as handle:
+        for line in handle:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError(f"no VmRSS line in /proc/{pid}/status")
+
+
 # -- subprocess daemons ------------------------------------------------------
 
 _LISTEN_LINE = re.compile(r"listening on (\S+):(\d+) ")

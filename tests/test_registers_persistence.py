@@ -7,7 +7,6 @@ every value in and out as a networked backend does, and on a Redis store.
 import logging
 import os
 import pickle
-from datetime import datetime, timedelta
 
 import pytest
 
@@ -16,19 +15,7 @@ from gnr_daemon.errors import ConfigurationError
 from gnr_daemon.registers import SiteRegister, persistence
 
 from redis_fixtures import STORE_PARAMS, make_store
-
-
-class Clock:
-    """Controllable replacement for datetime.now."""
-
-    def __init__(self):
-        self.now = datetime(2024, 5, 1, 12, 0, 0)
-
-    def __call__(self):
-        return self.now
-
-    def advance(self, seconds):
-        self.now += timedelta(seconds=seconds)
+from register_fixtures import Clock
 
 
 class Marker:

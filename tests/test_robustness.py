@@ -15,17 +15,9 @@ from gnr_daemon.daemon import Daemon
 from gnr_daemon.errors import MethodNotFound
 from gnr_daemon.protocol import KIND_REQUEST
 
-from conftest import TEST_KEY, RawConnection, clean_environment
+from conftest import TEST_KEY, RawConnection, clean_environment, rss_kib
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def rss_kib(pid):
-    with open(f"/proc/{pid}/status") as handle:
-        for line in handle:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS line")
 
 
 # -- a peer that announces a huge frame or streams garbage ----------------------

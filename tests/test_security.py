@@ -1,7 +1,6 @@
 """Hardening: restricted unpickling, key rotation, the admin key, floods and a blocked loop."""
 
 import fractions
-import os
 import pickle
 import socket
 import struct
@@ -333,7 +332,7 @@ def test_cpu_bound_handler_interrupted(tmp_path, start_daemon_process):
 
 
 def test_frame_reader_fuzz(daemon):
-    hypothesis = pytest.importorskip("hypothesis")
+    pytest.importorskip("hypothesis")
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 
@@ -397,8 +396,10 @@ def test_rejected_admin_call_logged(daemon_factory, caplog):
         with daemon.client() as worker:
             with pytest.raises(PermissionDenied):
                 worker.stop()
-    assert any("rejected stop" in record.getMessage() and "127.0.0.1:" in record.getMessage()
-               for record in caplog.records)
+    rejections = [record.getMessage() for record in caplog.records
+                  if "rejected stop" in record.getMessage()]
+    assert len(rejections) == 1
+    assert "127.0.0.1:" in rejections[0]
 
 
 def test_group_readable_admin_key_file_warns(tmp_path, start_daemon_process):

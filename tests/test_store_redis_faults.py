@@ -17,17 +17,9 @@ import pytest
 from gnr_daemon import DaemonClient
 from gnr_daemon.errors import StoreUnavailable
 
-from conftest import TEST_KEY, clean_environment
+from conftest import TEST_KEY, clean_environment, rss_kib
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def rss_kib(pid):
-    with open(f"/proc/{pid}/status") as handle:
-        for line in handle:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS line")
 
 
 def start_daemon(start_daemon_process, tmp_path, store_url):

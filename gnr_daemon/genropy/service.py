@@ -3,7 +3,7 @@
 genropy also installs a console script named ``gnrdaemon`` (a deprecated
 alias of ``gnr web daemon``), and pip keeps the script of whichever package
 it installed last. When that is genropy's, its script imports this module
-first thing; the module then replaces the process with gnr_daemon's own
+first thing. The module then replaces the process with gnr_daemon's own
 command line (same PID, same arguments), so ``gnrdaemon start|stop|status
 ...`` works whatever the install order was.
 """

@@ -146,8 +146,8 @@ class DataTree:
         self._nodes: list[DataNode] = []
         self._by_label: dict[str, DataNode] = {}
         self._parent_node: DataNode | None = None
-        # Both dicts are created on first use and dropped when empty: most
-        # trees never have a subscriber, and every page holds several trees.
+        # Both dicts are created on first use and dropped when empty, because
+        # most trees never have a subscriber and every page has several trees.
         self._subscribers: dict[Any, Subscriber] | None = None
         self._subscriber_failures: dict[Any, int] | None = None
         if source is None:

@@ -17,7 +17,7 @@ makes the call fail with StoreUnavailable and marks the store down. While
 it is down, store calls fail at once with StoreUnavailable, without
 touching the network, and a background thread (a greenlet under the monkey
 patch) sends PING with a growing delay, from 0.05 s up to 1 s, until Redis
-answers. Then the store is up again. The daemon keeps running throughout,
+responds. Then the store is up again. The daemon keeps running throughout,
 and ``health()`` (part of the daemon's ``status``) reports the state.
 """
 
